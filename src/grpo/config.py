@@ -1,0 +1,319 @@
+"""The typed configuration tree, loaded from YAML with ``key=value`` overrides.
+
+One dataclass per section (model, data, rollout, algorithm, rewards, optim, train, log).
+OmegaConf does the merging and type checking; this module adds the documentation of each field
+(``--help``), the checks that span several fields, and error messages that name the key.
+Only ``cli`` and ``train`` read a config; everything below them takes plain arguments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+BUILTIN_MODEL = "builtin:tiny-arith"
+
+
+class ConfigError(ValueError):
+    """A configuration problem the user can fix; the message names the key."""
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with a one-line doc shown by ``grpo train --help``."""
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: _copy(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    return dataclasses.replace(value) if dataclasses.is_dataclass(value) else value
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = _f(
+        BUILTIN_MODEL,
+        "Hugging Face causal LM: a local directory, a hub id, or builtin:tiny-arith (shipped)",
+    )
+    dtype: str = _f(
+        "auto",
+        "compute precision: auto (bf16 where the hardware has it), bfloat16, float32",
+    )
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    trust_remote_code: bool = _f(False, "allow model code from the model's repository")
+
+
+@dataclass
+class DataConfig:
+    task: str = _f(
+        "arithmetic",
+        "built-in task (arithmetic, gsm8k) or 'file' to read train_path/eval_path",
+    )
+    train_path: str | None = _f(None, "prompts: .jsonl, .parquet, or a datasets name/dir")
+    eval_path: str | None = _f(None, "held-out prompts in the same formats (optional)")
+    split: str = _f("train", "split to read when train_path is a datasets name")
+    prompt_column: str = _f("prompt", "column holding a string or a list of chat messages")
+    system_prompt: str | None = _f(None, "system message prepended to chat-format prompts")
+    num_train_prompts: int = _f(4000, "built-in task: number of RL prompts to draw")
+    num_eval_prompts: int = _f(200, "evaluation prompts (built-in task draws; files truncate)")
+    shuffle: bool = _f(True, "shuffle the prompts every pass")
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = _f("transformers", "generation engine: transformers")
+    temperature: float = _f(1.0, "sampling temperature (> 0)")
+    top_p: float = _f(1.0, "nucleus sampling threshold; 1 disables")
+    top_k: int = _f(0, "top-k sampling; 0 disables")
+    max_new_tokens: int = _f(64, "completion length limit in tokens")
+    stop: list[str] = _f([], "stop strings; the completion keeps the matched string")
+    ignore_eos: bool = _f(False, "benchmarks only: sample to max_new_tokens past EOS")
+    max_batch_rows: int = _f(256, "most sequences generated in one engine call")
+
+
+@dataclass
+class AlgorithmConfig:
+    group_size: int = _f(8, "G: completions sampled per prompt")
+    advantage: str = _f("grpo", "advantage estimator: grpo (group z-score)")
+    scale_rewards: str = _f("group", "std used to scale advantages: group, batch, none")
+    advantage_eps: float = _f(1e-4, "eps in A = (r - mean) / (std + eps)")
+    beta: float = _f(0.04, "KL penalty weight; 0 loads no reference model")
+    beta_schedule: str = _f("constant", "constant (beta) or cosine (beta_start -> beta_end)")
+    beta_start: float = _f(0.04, "cosine schedule: beta for the first 10% of steps")
+    beta_end: float = _f(0.0, "cosine schedule: beta after 80% of steps")
+    kl_estimator: str = _f("k3", "KL estimator: k1, k2, k3 (DeepSeekMath uses k3)")
+    eps_low: float = _f(0.2, "clip range below 1 for the ratio")
+    eps_high: float = _f(0.2, "clip range above 1 for the ratio (DAPO clip-higher: 0.28)")
+    loss_aggregation: str = _f(
+        "seq_mean_token_mean",
+        "seq_mean_token_mean (paper), token_mean (DAPO), seq_mean_token_sum_norm (Dr. GRPO)",
+    )
+    num_iterations: int = _f(1, "mu: policy updates per rollout batch")
+
+
+@dataclass
+class RewardConfig:
+    name: str = _f("accuracy", "built-in name, package.module:function or path/file.py:function")
+    weight: float = _f(1.0, "weight in the summed reward")
+    kwargs: dict[str, Any] = _f({}, "keyword arguments passed to the function")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(2e-4, "peak learning rate (AdamW)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_beta1: float = _f(0.9, "AdamW beta1")
+    adam_beta2: float = _f(0.99, "AdamW beta2")
+    warmup_ratio: float = _f(0.05, "fraction of steps with linear LR warm-up")
+    min_lr_ratio: float = _f(0.1, "cosine decay ends at lr * min_lr_ratio")
+    max_grad_norm: float = _f(1.0, "clip the global grad norm; 0 disables")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(100, "optimizer steps of RL (each on one rollout batch when mu = 1)")
+    batch_size: int = _f(64, "completions per step (prompts per step = batch_size / group_size)")
+    micro_batch_size: int = _f(64, "sequences per forward/backward pass")
+    seed: int = _f(0, "random seed for sampling, shuffling and the built-in task")
+    output_dir: str = _f("runs/{timestamp}", "run directory; {timestamp} is filled in")
+    eval_every: int = _f(20, "evaluate every N steps (0: only before and after)")
+    eval_max_new_tokens: int | None = _f(None, "evaluation length limit (default: rollout's)")
+    save_final: bool = _f(True, "save the final model and tokenizer to <output_dir>/final")
+    threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
+    time_limit_minutes: float = _f(0.0, "stop training early after this wall time; 0: none")
+
+
+@dataclass
+class LogConfig:
+    progress_bar: bool = _f(True, "show a progress bar with the key numbers")
+    samples_per_step: int = _f(4, "completions written to samples.jsonl each step")
+    plot: bool = _f(True, "write curves.png at the end of the run")
+
+
+def _default_rewards() -> list[RewardConfig]:
+    return [RewardConfig("accuracy", 1.0), RewardConfig("format", 0.2)]
+
+
+@dataclass
+class GRPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    rewards: list[RewardConfig] = field(
+        default_factory=_default_rewards,
+        metadata={"doc": "reward functions: a list of {name, weight, kwargs}"},
+    )
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "model.dtype": ("auto", "bfloat16", "float32"),
+    "data.task": ("arithmetic", "gsm8k", "file"),
+    "rollout.engine": ("transformers",),
+    "algorithm.advantage": ("grpo",),
+    "algorithm.scale_rewards": ("group", "batch", "none"),
+    "algorithm.beta_schedule": ("constant", "cosine"),
+    "algorithm.kl_estimator": ("k1", "k2", "k3"),
+    "algorithm.loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+}
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> GRPOConfig:
+    """Defaults, then the YAML file, then ``key=value`` overrides; validated.
+
+    Raises ``ConfigError`` naming the key for an unknown key, a wrong type, or an impossible
+    combination, before anything heavy is loaded.
+    """
+    cfg = OmegaConf.structured(GRPOConfig)
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as e:  # yaml errors carry the line
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        try:
+            cfg = OmegaConf.merge(cfg, loaded)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {_describe(e)}") from e
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = OmegaConf.from_dotlist([f"v={raw}"]).v  # OmegaConf's own value grammar
+            OmegaConf.update(cfg, key, value, merge=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override {item!r}: {_describe(e)}") from e
+    try:
+        obj: GRPOConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e)) from e
+    validate(obj)
+    return obj
+
+
+def _describe(e: OmegaConfBaseException) -> str:
+    key = getattr(e, "full_key", None)
+    msg = str(e).splitlines()[0]
+    if key:
+        return f"key '{key}': {msg}"
+    return msg
+
+
+def validate(cfg: GRPOConfig) -> None:
+    """Checks that involve choices or several fields; each error names its key."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in choices:
+            raise ConfigError(f"key '{key}': {value!r} is not one of {', '.join(choices)}")
+    a, t, r, o = cfg.algorithm, cfg.train, cfg.rollout, cfg.optim
+    positive = {
+        "algorithm.group_size": a.group_size,
+        "algorithm.num_iterations": a.num_iterations,
+        "train.steps": t.steps,
+        "train.batch_size": t.batch_size,
+        "train.micro_batch_size": t.micro_batch_size,
+        "rollout.max_new_tokens": r.max_new_tokens,
+        "rollout.max_batch_rows": r.max_batch_rows,
+        "data.num_eval_prompts": cfg.data.num_eval_prompts,
+    }
+    for key, value in positive.items():
+        if value < 1:
+            raise ConfigError(f"key '{key}': must be at least 1, got {value}")
+    if a.group_size < 2:
+        raise ConfigError(
+            "key 'algorithm.group_size': GRPO needs at least 2 completions per prompt to "
+            f"compare them, got {a.group_size}"
+        )
+    if t.batch_size % a.group_size:
+        raise ConfigError(
+            f"key 'train.batch_size': {t.batch_size} is not a multiple of "
+            f"algorithm.group_size={a.group_size} (the batch holds whole groups)"
+        )
+    if r.temperature <= 0:
+        raise ConfigError(
+            f"key 'rollout.temperature': must be > 0 for sampling a group, got {r.temperature}"
+        )
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"key 'rollout.top_p': must be in (0, 1], got {r.top_p}")
+    for key, value in {"algorithm.eps_low": a.eps_low, "algorithm.eps_high": a.eps_high}.items():
+        if value < 0:
+            raise ConfigError(f"key '{key}': must be >= 0, got {value}")
+    if a.eps_low >= 1:
+        raise ConfigError(f"key 'algorithm.eps_low': must be < 1, got {a.eps_low}")
+    for key, value in {
+        "algorithm.beta": a.beta,
+        "algorithm.beta_start": a.beta_start,
+        "algorithm.beta_end": a.beta_end,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"key '{key}': must be >= 0, got {value}")
+    if o.lr <= 0:
+        raise ConfigError(f"key 'optim.lr': must be > 0, got {o.lr}")
+    if not 0 <= o.warmup_ratio < 1:
+        raise ConfigError(f"key 'optim.warmup_ratio': must be in [0, 1), got {o.warmup_ratio}")
+    if not cfg.rewards:
+        raise ConfigError("key 'rewards': at least one reward function is needed")
+    for i, rw in enumerate(cfg.rewards):
+        if not rw.name:
+            raise ConfigError(f"key 'rewards[{i}].name': empty reward name")
+    if cfg.data.task == "file" and not cfg.data.train_path:
+        raise ConfigError("key 'data.train_path': required when data.task is 'file'")
+
+
+def uses_reference_model(cfg: GRPOConfig) -> bool:
+    """Whether any step has beta > 0 (otherwise no reference model is loaded at all)."""
+    a = cfg.algorithm
+    if a.beta_schedule == "constant":
+        return a.beta > 0
+    return a.beta_start > 0 or a.beta_end > 0
+
+
+def to_yaml(cfg: GRPOConfig) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def field_docs() -> list[tuple[str, str, str, str]]:
+    """(key, type, default, doc) for every field, in declaration order, for ``--help``."""
+    rows: list[tuple[str, str, str, str]] = []
+    for section in dataclasses.fields(GRPOConfig):
+        if section.name == "rewards":
+            default = ", ".join(f"{r.name}:{r.weight}" for r in _default_rewards())
+            rows.append(("rewards", "list", f"[{default}]", section.metadata["doc"]))
+            for f in dataclasses.fields(RewardConfig):
+                rows.append(
+                    (f"rewards[i].{f.name}", _type_name(f.type), _default(f), f.metadata["doc"])
+                )
+            continue
+        for f in dataclasses.fields(section.default_factory()):  # type: ignore[misc]
+            rows.append(
+                (f"{section.name}.{f.name}", _type_name(f.type), _default(f), f.metadata["doc"])
+            )
+    return rows
+
+
+def _type_name(t: Any) -> str:
+    return t if isinstance(t, str) else getattr(t, "__name__", str(t))
+
+
+def _default(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        return repr(f.default) if isinstance(f.default, str) else str(f.default)
+    return str(f.default_factory())  # type: ignore[misc]

@@ -1,0 +1,307 @@
+"""The GRPO policy loss: PPO clipped surrogate + beta * KL, and its explicit reduction.
+
+Reduction contract. A loss over a batch is ``sum(per-token terms) / normalizer``, where the
+normalizer describes the WHOLE batch (all micro-batches on all ranks) and is computed once with
+:func:`loss_normalizer` before the micro-batch loop. Every aggregation below is then a plain sum
+over its micro-batch divided by that constant, so the micro-batch losses add up exactly to the
+full-batch loss and their gradients add up to the full-batch gradient. Deriving the normalizer
+inside a micro-batch (e.g. its own token count) silently reweights tokens by micro-batch.
+
+Masked positions (prompt, padding, after EOS) contribute exactly 0 to the loss and the gradient
+even if their log-probs are garbage: inputs are replaced by 0 there before any exp.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from grpo.core.kl import kl_penalty
+
+__all__ = [
+    "LOSS_AGGREGATIONS",
+    "LossStats",
+    "clip_fractions",
+    "clipped_surrogate",
+    "grpo_loss",
+    "loss_normalizer",
+    "masked_mean",
+    "seq_mean_token_mean",
+    "seq_mean_token_sum_norm",
+    "token_mean",
+]
+
+
+def _per_row(advantages: Tensor) -> Tensor:
+    """advantages [B] -> [B, 1] to broadcast over tokens; [B, T] passes through."""
+    return advantages[:, None] if advantages.dim() == 1 else advantages
+
+
+def clipped_surrogate(
+    logp: Tensor,
+    old_logp: Tensor,
+    advantages: Tensor,
+    eps_low: float,
+    eps_high: float,
+) -> tuple[Tensor, Tensor]:
+    """Per-token PPO clipped surrogate loss (PPO, Schulman et al. 2017 eq. 7; DeepSeekMath
+    arXiv 2402.03300 eq. 3), with separate low/high clip ranges (DAPO arXiv 2503.14476 eq. 10).
+
+    ``ratio = exp(logp - old_logp)``,
+    ``loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``.
+
+    Args:
+        logp: [B, T] log-probs under the current policy (with gradient).
+        old_logp: [B, T] log-probs under the sampling policy (no gradient).
+        advantages: [B] (one per sequence) or [B, T].
+
+    Returns:
+        (per_token_loss [B, T], ratio [B, T]); unmasked, reduce with an aggregation.
+    """
+    adv = _per_row(advantages)
+    ratio = torch.exp(logp - old_logp)
+    clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
+    per_token = -torch.minimum(ratio * adv, clipped * adv)
+    return per_token, ratio
+
+
+def _clip_counts(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, eps_low: float, eps_high: float
+) -> tuple[Tensor, Tensor]:
+    """Masked counts of tokens where the clipped branch of the min is the active one."""
+    adv = _per_row(advantages)
+    m = mask.bool()
+    # Only there is the gradient cut off: A < 0 pushing the ratio further down, or A > 0 up.
+    low = (adv < 0) & (ratio < 1.0 - eps_low) & m
+    high = (adv > 0) & (ratio > 1.0 + eps_high) & m
+    return low.sum(), high.sum()
+
+
+def clip_fractions(
+    ratio: Tensor, advantages: Tensor, mask: Tensor, eps_low: float, eps_high: float
+) -> tuple[Tensor, Tensor]:
+    """Fractions of completion tokens clipped on the low side (A < 0, ratio < 1 - eps_low) and
+    on the high side (A > 0, ratio > 1 + eps_high).
+
+    ratio, mask: [B, T]; advantages: [B] or [B, T]. Returns two 0-dim float tensors.
+    """
+    low, high = _clip_counts(ratio, advantages, mask, eps_low, eps_high)
+    n = mask.bool().sum().clamp(min=1)
+    return low / n, high / n
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x [B, T] over positions where mask [B, T] is set (0 if none)."""
+    m = mask.bool()
+    return torch.where(m, x, 0.0).sum() / m.sum().clamp(min=1)
+
+
+# ---- aggregations: (per_token [B, T], mask [B, T], normalizer) -> scalar -------------------------
+
+
+def seq_mean_token_mean(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
+    """DeepSeekMath eq. 3: ``1/G sum_i 1/|o_i| sum_t l_it``. Numerator
+    ``sum_i (sum_t l_it m_it) / |o_i|``; normalizer = number of sequences in the whole batch.
+    A sequence with no completion tokens contributes 0."""
+    m = mask.bool()
+    lengths = m.sum(dim=-1).clamp(min=1)
+    return (torch.where(m, per_token, 0.0).sum(dim=-1) / lengths).sum() / normalizer
+
+
+def token_mean(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
+    """DAPO (arXiv 2503.14476 eq. 12) token-level mean: numerator ``sum_it l_it m_it``;
+    normalizer = completion-token count of the whole batch."""
+    return torch.where(mask.bool(), per_token, 0.0).sum() / normalizer
+
+
+def seq_mean_token_sum_norm(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
+    """Dr. GRPO (arXiv 2503.20783 eq. 3): numerator ``sum_it l_it m_it``; normalizer =
+    sequences in the whole batch * max_completion_length (a constant, so no length bias)."""
+    return torch.where(mask.bool(), per_token, 0.0).sum() / normalizer
+
+
+# Name -> aggregation(per_token [B, T], mask [B, T], normalizer) -> scalar.
+LOSS_AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
+    "seq_mean_token_mean": seq_mean_token_mean,
+    "token_mean": token_mean,
+    "seq_mean_token_sum_norm": seq_mean_token_sum_norm,
+}
+
+
+def _unknown(kind: str, name: str, registry: dict[str, object]) -> ValueError:
+    valid = ", ".join(sorted(registry))
+    return ValueError(f"unknown {kind} {name!r}; valid names: {valid}")
+
+
+def loss_normalizer(
+    mode: str, num_sequences: int, num_tokens: int, max_completion_length: int
+) -> float:
+    """The normalizer of aggregation ``mode`` for the WHOLE batch (all micro-batches and ranks).
+
+    Args:
+        mode: a key of LOSS_AGGREGATIONS.
+        num_sequences: B summed over the whole batch.
+        num_tokens: completion tokens (mask sum) over the whole batch.
+        max_completion_length: the generation cap, used by seq_mean_token_sum_norm.
+
+    Returns:
+        A float >= 1 (an all-empty batch gives 1 rather than a division by zero).
+    """
+    if mode == "seq_mean_token_mean":
+        value = float(num_sequences)
+    elif mode == "token_mean":
+        value = float(num_tokens)
+    elif mode == "seq_mean_token_sum_norm":
+        if max_completion_length < 1:
+            raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
+        value = float(num_sequences) * float(max_completion_length)
+    else:
+        raise _unknown("loss aggregation", mode, LOSS_AGGREGATIONS)
+    return max(value, 1.0)
+
+
+# ---- statistics ---------------------------------------------------------------------------------
+
+
+@dataclass
+class LossStats:
+    """Additive statistics of one micro-batch's loss (0-dim detached tensors, no host sync).
+
+    Every field is a sum, so micro-batches merge with ``a + b`` (or :meth:`merge`) and ranks
+    with one ``all_reduce(SUM)`` of :meth:`to_tensor`; call :meth:`finalize` once at the end to
+    turn the sums into means. ``loss`` is the micro-batch's contribution to the batch loss, so
+    its sum is the full-batch loss.
+    """
+
+    loss: Tensor
+    num_tokens: Tensor
+    num_sequences: Tensor
+    ratio_sum: Tensor
+    clip_low_count: Tensor
+    clip_high_count: Tensor
+    kl_sum: Tensor
+    kl_tokens: Tensor  # tokens with a KL value (0 when no reference was given)
+
+    @classmethod
+    def zeros(cls, device: torch.device | str | None = None) -> LossStats:
+        return cls(*(torch.zeros((), dtype=torch.float64, device=device) for _ in fields(cls)))
+
+    def merge(self, other: LossStats) -> LossStats:
+        return LossStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    __add__ = merge
+
+    def to_tensor(self) -> Tensor:
+        """[num_fields] float64, for ``torch.distributed.all_reduce(SUM)``."""
+        return torch.stack([getattr(self, f.name).to(torch.float64) for f in fields(self)])
+
+    @classmethod
+    def from_tensor(cls, t: Tensor) -> LossStats:
+        return cls(*t.unbind(0))
+
+    def finalize(self) -> dict[str, float]:
+        """Means over all accumulated tokens: loss (summed), ratio_mean, clip fractions, kl."""
+        n = max(float(self.num_tokens), 1.0)
+        low, high = float(self.clip_low_count) / n, float(self.clip_high_count) / n
+        out = {
+            "loss": float(self.loss),
+            "num_tokens": float(self.num_tokens),
+            "num_sequences": float(self.num_sequences),
+            "ratio_mean": float(self.ratio_sum) / n,
+            "clip_low_frac": low,
+            "clip_high_frac": high,
+            "clip_frac": low + high,
+        }
+        if float(self.kl_tokens) > 0:
+            out["kl"] = float(self.kl_sum) / float(self.kl_tokens)
+        return out
+
+
+# ---- the loss -----------------------------------------------------------------------------------
+
+
+def grpo_loss(
+    logp: Tensor,
+    old_logp: Tensor | None,
+    ref_logp: Tensor | None,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    eps_low: float,
+    eps_high: float,
+    aggregation: str,
+    normalizer: float,
+    kl_estimator: str = "k3",
+) -> tuple[Tensor, LossStats]:
+    """GRPO loss of one micro-batch, DeepSeekMath (arXiv 2402.03300) eq. 3, negated:
+    per token ``-min(r A, clip(r) A) + beta * KL_est(pi_theta || pi_ref)``, then reduced by
+    ``aggregation`` with the whole-batch ``normalizer`` (see :func:`loss_normalizer`).
+
+    Args:
+        logp: [B, T] current-policy log-probs of the completion tokens (with gradient).
+        old_logp: [B, T] sampling-policy log-probs, or None when each batch gets a single
+            update (mu = 1): then pi_old = pi_theta numerically, ratio is exactly 1 and the
+            gradient is ``-A * grad(logp)``.
+        ref_logp: [B, T] reference-model log-probs, or None for no KL term (beta must be 0).
+        advantages: [B] (or [B, T]).
+        mask: [B, T], 1/True on completion tokens.
+        beta: KL coefficient (>= 0). With beta == 0 a given ref_logp is only logged.
+        eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high].
+        aggregation: a key of LOSS_AGGREGATIONS.
+        normalizer: from loss_normalizer, for the whole batch.
+        kl_estimator: a key of KL_ESTIMATORS.
+
+    Returns:
+        (scalar loss, LossStats of this micro-batch).
+    """
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise _unknown("loss aggregation", aggregation, LOSS_AGGREGATIONS)
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError(f"beta = {beta} > 0 needs ref_logp; pass reference log-probs or beta = 0")
+    if not normalizer > 0:
+        raise ValueError(f"normalizer must be > 0, got {normalizer}")
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
+    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
+        if t is not None and t.shape != logp.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} != logp shape {tuple(logp.shape)}")
+    if advantages.shape[0] != logp.shape[0]:
+        raise ValueError(f"advantages {tuple(advantages.shape)} do not match logp rows")
+
+    m = mask.bool()
+    advantages = advantages.to(logp.dtype)
+    # Zero the inputs at masked positions so exp() there cannot produce inf/NaN that would leak
+    # into the sum or the gradient (0 * inf = NaN).
+    logp = torch.where(m, logp, 0.0)
+    old = logp.detach() if old_logp is None else torch.where(m, old_logp, 0.0)
+    per_token, ratio = clipped_surrogate(logp, old, advantages, eps_low, eps_high)
+
+    kl: Tensor | None = None
+    if ref_logp is not None:
+        kl = kl_penalty(kl_estimator, logp, torch.where(m, ref_logp, 0.0))
+        if beta > 0:
+            per_token = per_token + beta * kl  # DeepSeekMath eq. 3: - beta * D_KL inside J
+
+    loss = LOSS_AGGREGATIONS[aggregation](per_token, m, normalizer)
+
+    with torch.no_grad():
+        f64 = torch.float64
+        low, high = _clip_counts(ratio, advantages, m, eps_low, eps_high)
+        n_tok = m.sum().to(f64)
+        stats = LossStats(
+            loss=loss.detach().to(f64),
+            num_tokens=n_tok,
+            num_sequences=torch.tensor(float(m.shape[0]), dtype=f64, device=logp.device),
+            ratio_sum=torch.where(m, ratio, 0.0).sum().to(f64),
+            clip_low_count=low.to(f64),
+            clip_high_count=high.to(f64),
+            kl_sum=(torch.where(m, kl, 0.0).sum().to(f64) if kl is not None else n_tok * 0),
+            kl_tokens=n_tok if kl is not None else n_tok * 0,
+        )
+    return loss, stats

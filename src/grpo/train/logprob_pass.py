@@ -1,0 +1,97 @@
+"""Per-token log-probs of the completion tokens under a model.
+
+The lean path runs the decoder body only, gathers the hidden states of the positions that
+predict completion tokens, and projects them through the lm-head chunk by chunk
+(``grpo.core.logprobs_from_hidden``): no logits for prompt or padding positions and never a
+[tokens, vocab] fp32 tensor. Models whose logits are more than a plain linear head
+(soft-capping, scaling) take the generic path through ``model(...).logits`` restricted to the
+completion columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor
+from transformers import PreTrainedModel
+
+from grpo.core import logprobs_from_hidden, token_entropy, token_logprobs
+from grpo.train.batch import RolloutBatch
+
+
+def _plain_linear_head(model: PreTrainedModel) -> torch.nn.Linear | None:
+    head = model.get_output_embeddings()
+    cfg = model.config
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None):
+        return None
+    return head
+
+
+def completion_logprobs(
+    model: PreTrainedModel,
+    batch: RolloutBatch,
+    *,
+    autocast_dtype: torch.dtype | None,
+    with_entropy: bool = False,
+    temperature: float = 1.0,
+) -> tuple[Tensor, Tensor | None]:
+    """(logp [B, T] float32, entropy [B, T] or None); zeros outside ``completion_mask``.
+
+    ``temperature`` divides the logits, matching the distribution the rollout sampled from.
+    Entropy is a metric only: it is computed without gradient.
+    """
+    device = model.device
+    ids = batch.input_ids.to(device)
+    attn = batch.attention_mask.to(device)
+    cmask = batch.completion_mask.to(device).bool()
+    # Positions count real tokens only, as during generation with left padding.
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    P, T = batch.prompt_width, batch.completion_width
+    labels = ids[:, P : P + T]
+    autocast = (
+        torch.autocast(device.type, dtype=autocast_dtype)
+        if autocast_dtype is not None
+        else contextlib.nullcontext()
+    )
+    logp = torch.zeros(cmask.shape, dtype=torch.float32, device=device)
+    entropy = torch.zeros(cmask.shape, dtype=torch.float32, device=device) if with_entropy else None
+    head = _plain_linear_head(model)
+    with autocast:
+        if head is not None:
+            hidden = model.base_model(
+                input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False
+            ).last_hidden_state
+            h = hidden[:, P - 1 : P - 1 + T][cmask]  # [N, H]: only positions that predict
+            lp, _ = logprobs_from_hidden(
+                h, head.weight, labels[cmask], bias=head.bias, temperature=temperature
+            )
+            if entropy is not None:
+                with torch.no_grad():
+                    _, ent = logprobs_from_hidden(
+                        h.detach(),
+                        head.weight.detach(),
+                        labels[cmask],
+                        bias=None if head.bias is None else head.bias.detach(),
+                        with_entropy=True,
+                        temperature=temperature,
+                    )
+                entropy[cmask] = ent
+        else:
+            logits = model(
+                input_ids=ids,
+                attention_mask=attn,
+                position_ids=position_ids,
+                use_cache=False,
+                logits_to_keep=T + 1,
+            ).logits[:, :T]  # [B, T, V]: the columns that predict completion tokens
+            lp = token_logprobs(logits, labels.masked_fill(~cmask, -1), temperature=temperature)[
+                cmask
+            ]
+            if entropy is not None:
+                with torch.no_grad():
+                    entropy[cmask] = token_entropy(logits.detach(), temperature=temperature)[cmask]
+    logp = logp.masked_scatter(cmask, lp.float())
+    return logp, entropy

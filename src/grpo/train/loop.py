@@ -1,0 +1,432 @@
+"""The GRPO training loop.
+
+One step reads like the algorithm (DeepSeekMath, arXiv 2402.03300, Algorithm 1):
+
+    sample prompts -> G completions each -> rewards -> group advantages
+    -> reference log-probs (beta > 0) -> mu updates over micro-batches
+    -> weights to the engine -> metrics -> periodic evaluation
+
+Every formula lives in ``grpo.core``; this module only moves data between the stages.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import PreTrainedModel
+
+from grpo.config import GRPOConfig, to_yaml, uses_reference_model
+from grpo.core import (
+    LossStats,
+    beta_at,
+    compute_advantages,
+    grpo_loss,
+    loss_normalizer,
+    lr_lambda_warmup_cosine,
+)
+from grpo.rewards import RewardFunction, completion_text, score_completions
+from grpo.rollout.base import RolloutEngine, SamplingSettings
+from grpo.rollout.transformers_engine import TransformersEngine
+from grpo.train.batch import RolloutBatch, build_batch
+from grpo.train.evaluate import evaluate_accuracy
+from grpo.train.logprob_pass import completion_logprobs
+from grpo.train.models import (
+    autocast_dtype,
+    frozen_reference,
+    load_policy,
+    load_tokenizer,
+    pick_device,
+    resolve_model_path,
+)
+from grpo.train.run_log import RunLog, plot_curves
+from grpo.train.task_data import load_rows, prompt_batches, tokenize_prompts
+
+
+@dataclass
+class Run:
+    """Everything a run holds between steps."""
+
+    cfg: GRPOConfig
+    run_dir: Path
+    model: PreTrainedModel
+    reference: PreTrainedModel | None
+    tokenizer: Any
+    engine: RolloutEngine
+    reward_fns: list[RewardFunction]
+    train_rows: list[dict[str, Any]]
+    train_prompt_ids: list[list[int]]
+    eval_rows: list[dict[str, Any]]
+    eval_prompt_ids: list[list[int]]
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    compute_dtype: torch.dtype | None
+    log: RunLog
+
+
+def make_run_dir(pattern: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(pattern.replace("{timestamp}", stamp))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def build_reward_functions(cfg: GRPOConfig) -> list[RewardFunction]:
+    fns = [
+        RewardFunction.from_spec(r.name, weight=r.weight, kwargs=dict(r.kwargs))
+        for r in cfg.rewards
+    ]
+    names = [f.name for f in fns]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"rewards: the functions {dup} appear twice; list each once")
+    return fns
+
+
+def setup(cfg: GRPOConfig) -> Run:
+    """Load data and rewards first (cheap, and where user mistakes are), then the models."""
+    random.seed(cfg.train.seed)
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
+
+    reward_fns = build_reward_functions(cfg)
+    required = sorted(set().union(*(f.required_columns() for f in reward_fns)))
+    d = cfg.data
+    train_rows, eval_rows = load_rows(
+        task=d.task,
+        train_path=d.train_path,
+        eval_path=d.eval_path,
+        split=d.split,
+        prompt_column=d.prompt_column,
+        num_train_prompts=d.num_train_prompts,
+        num_eval_prompts=d.num_eval_prompts,
+        seed=cfg.train.seed,
+        required_columns=required,
+    )
+    missing = [c for c in required if c not in train_rows[0]]
+    if missing:
+        raise ValueError(f"rewards need columns {missing} that the training rows do not have")
+
+    run_dir = make_run_dir(cfg.train.output_dir)
+    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+
+    device = pick_device()
+    path = resolve_model_path(cfg.model.name_or_path)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    compute_dtype = autocast_dtype(cfg.model.dtype, device)
+    reference = frozen_reference(model, compute_dtype) if uses_reference_model(cfg) else None
+    model.train()
+
+    engine = TransformersEngine(
+        model, tokenizer, autocast_dtype=compute_dtype, max_batch_rows=cfg.rollout.max_batch_rows
+    )
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=o.lr,
+        betas=(o.adam_beta1, o.adam_beta2),
+        weight_decay=o.weight_decay,
+    )
+    total_updates = cfg.train.steps * cfg.algorithm.num_iterations
+    warmup = round(o.warmup_ratio * total_updates)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: lr_lambda_warmup_cosine(s, warmup, total_updates, min_ratio=o.min_lr_ratio),
+    )
+    tok = dict(prompt_column=d.prompt_column, system_prompt=d.system_prompt)
+    return Run(
+        cfg=cfg,
+        run_dir=run_dir,
+        model=model,
+        reference=reference,
+        tokenizer=tokenizer,
+        engine=engine,
+        reward_fns=reward_fns,
+        train_rows=train_rows,
+        train_prompt_ids=tokenize_prompts(train_rows, tokenizer, **tok),
+        eval_rows=eval_rows,
+        eval_prompt_ids=tokenize_prompts(eval_rows, tokenizer, **tok),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        compute_dtype=compute_dtype,
+        log=RunLog(run_dir, cfg.train.steps, progress_bar=cfg.log.progress_bar),
+    )
+
+
+def sampling_settings(cfg: GRPOConfig, step: int) -> SamplingSettings:
+    r = cfg.rollout
+    return SamplingSettings(
+        n=cfg.algorithm.group_size,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        top_k=r.top_k,
+        max_new_tokens=r.max_new_tokens,
+        stop=tuple(r.stop),
+        ignore_eos=r.ignore_eos,
+        seed=cfg.train.seed * 1_000_003 + step,
+    )
+
+
+def evaluate(run: Run, step: int) -> dict[str, float]:
+    if not run.eval_rows:
+        return {}
+    cfg = run.cfg
+    result = evaluate_accuracy(
+        run.engine,
+        run.eval_prompt_ids,
+        run.eval_rows,
+        prompt_column=cfg.data.prompt_column,
+        max_new_tokens=cfg.train.eval_max_new_tokens or cfg.rollout.max_new_tokens,
+        stop=tuple(cfg.rollout.stop),
+    )
+    return result.as_metrics()
+
+
+def rl_step(run: Run, step: int, row_ids: list[int]) -> dict[str, float]:
+    """One GRPO step on the prompts ``row_ids``; returns the step's metrics."""
+    cfg, G = run.cfg, run.cfg.algorithm.group_size
+    a = cfg.algorithm
+    t0 = time.perf_counter()
+
+    # 1. sample G completions per prompt
+    groups = run.engine.generate(
+        [run.train_prompt_ids[i] for i in row_ids], sampling_settings(cfg, step)
+    )
+    completions = [c for g in groups for c in g]
+    t_gen = time.perf_counter()
+
+    # 2. score them
+    rows = [run.train_rows[i] for i in row_ids for _ in range(G)]
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != cfg.data.prompt_column}
+    scores = score_completions(
+        run.reward_fns,
+        [r[cfg.data.prompt_column] for r in rows],
+        [c.text for c in completions],
+        columns,
+        row_ids=[i for i in row_ids for _ in range(G)],
+    )
+    # 3. group-relative advantages (NaN rewards are left out of their group and get 0)
+    adv = compute_advantages(
+        a.advantage, scores.total, G, scale=a.scale_rewards, eps=a.advantage_eps
+    )
+    t_score = time.perf_counter()
+
+    # 4. tensors, reference log-probs, and mu updates over micro-batches
+    batch = build_batch(
+        [run.train_prompt_ids[i] for i in row_ids for _ in range(G)],
+        [c.token_ids for c in completions],
+        adv.advantages,
+        run.tokenizer.pad_token_id,
+    )
+    beta = beta_at(
+        step,
+        cfg.train.steps,
+        schedule=a.beta_schedule,
+        beta=a.beta,
+        beta_start=a.beta_start,
+        beta_end=a.beta_end,
+    )
+    micro = batch.micro_batches(cfg.train.micro_batch_size)
+    if run.reference is not None:
+        for mb in micro:
+            mb.ref_logprobs = reference_logprobs(run, mb)
+    update_metrics = update_policy(run, micro, batch, beta)
+    run.engine.sync_weights(run.model)
+    t_update = time.perf_counter()
+
+    lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+    n_tokens = int(lengths.sum())
+    metrics: dict[str, float] = {
+        **scores.metrics(),
+        "frac_zero_std": adv.frac_zero_std,
+        **update_metrics,
+        "beta": beta,
+        "lr": run.scheduler.get_last_lr()[0],
+        "completion_len/mean": float(lengths.mean()),
+        "completion_len/max": float(lengths.max()),
+        "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
+        "tokens": n_tokens,
+        "tokens_per_s": n_tokens / (t_update - t0),
+        "generate_tokens_per_s": n_tokens / max(t_gen - t0, 1e-9),
+        "time/generate": t_gen - t0,
+        "time/score": t_score - t_gen,
+        "time/update": t_update - t_score,
+        "time/step": t_update - t0,
+    }
+    k = min(cfg.log.samples_per_step, len(completions))
+    run.log.samples(
+        step,
+        [
+            {
+                "prompt": completion_text(rows[i][cfg.data.prompt_column]),
+                "completion": completions[i].text,
+                "reward": _num(scores.total[i]),
+                **{f"reward/{n}": _num(v[i]) for n, v in scores.per_function.items()},
+                "advantage": float(adv.advantages[i]),
+                "finish_reason": completions[i].finish_reason,
+            }
+            for i in range(k)
+        ],
+    )
+    return metrics
+
+
+def _num(x: torch.Tensor) -> float | None:
+    v = float(x)
+    return None if math.isnan(v) else v
+
+
+@torch.no_grad()
+def reference_logprobs(run: Run, mb: RolloutBatch) -> torch.Tensor:
+    assert run.reference is not None
+    logp, _ = completion_logprobs(
+        run.reference,
+        mb,
+        autocast_dtype=run.compute_dtype,
+        temperature=run.cfg.rollout.temperature,
+    )
+    return logp
+
+
+def update_policy(
+    run: Run, micro: list[RolloutBatch], batch: RolloutBatch, beta: float
+) -> dict[str, float]:
+    """mu optimizer steps on one rollout batch; the loss normaliser is the whole batch's.
+
+    With mu = 1 the old policy is the current one (ratio exactly 1, no extra pass). With
+    mu > 1 the log-probs of the first pass, taken before any update, are the old log-probs of
+    the later passes: same weights, same micro-batches, so no separate pass is needed.
+    """
+    cfg, a = run.cfg, run.cfg.algorithm
+    normalizer = loss_normalizer(
+        a.loss_aggregation,
+        num_sequences=batch.num_rows,
+        num_tokens=int(batch.completion_mask.sum()),
+        max_completion_length=cfg.rollout.max_new_tokens,
+    )
+    params = [p for p in run.model.parameters() if p.requires_grad]
+    device = run.model.device
+    out: dict[str, float] = {}
+    entropy_sum, entropy_tokens = 0.0, 0.0
+    for iteration in range(a.num_iterations):
+        stats = LossStats.zeros(device)
+        for mb in micro:
+            logp, entropy = completion_logprobs(
+                run.model,
+                mb,
+                autocast_dtype=run.compute_dtype,
+                with_entropy=iteration == 0,
+                temperature=cfg.rollout.temperature,
+            )
+            mask = mb.completion_mask.to(device)
+            if iteration == 0 and a.num_iterations > 1:
+                mb.old_logprobs = logp.detach()
+            loss, mb_stats = grpo_loss(
+                logp,
+                None if iteration == 0 else mb.old_logprobs,
+                None if mb.ref_logprobs is None else mb.ref_logprobs.to(device),
+                mb.advantages.to(device),
+                mask,
+                beta=beta,
+                eps_low=a.eps_low,
+                eps_high=a.eps_high,
+                aggregation=a.loss_aggregation,
+                normalizer=normalizer,
+                kl_estimator=a.kl_estimator,
+            )
+            loss.backward()
+            stats = stats + mb_stats
+            if entropy is not None:
+                entropy_sum += float((entropy * mask).sum())
+                entropy_tokens += float(mask.sum())
+        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        if iteration == 0:
+            out = {**stats.finalize(), "grad_norm": float(grad_norm)}
+    out["entropy"] = entropy_sum / max(entropy_tokens, 1.0)
+    return out
+
+
+def train(cfg: GRPOConfig) -> dict[str, Any]:
+    """Run GRPO as configured; returns the summary also written to ``summary.json``."""
+    started = time.time()
+    run = setup(cfg)
+    log = run.log
+    log.write(f"run directory: {run.run_dir}")
+    before = evaluate(run, 0)
+    if before:
+        log.metrics(0, before)
+        log.write(f"held-out accuracy before training: {100 * before['eval/accuracy']:.1f}%")
+    per_step = cfg.train.batch_size // cfg.algorithm.group_size
+    batches = prompt_batches(
+        len(run.train_rows), per_step, seed=cfg.train.seed, shuffle=cfg.data.shuffle
+    )
+    limit_s = cfg.train.time_limit_minutes * 60 or math.inf
+    tokens = 0
+    train_seconds = 0.0
+    steps_done = 0
+    for step in range(1, cfg.train.steps + 1):
+        metrics = rl_step(run, step, next(batches))
+        tokens += int(metrics["tokens"])
+        train_seconds += metrics["time/step"]
+        steps_done = step
+        last = step == cfg.train.steps or time.time() - started > limit_s
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and not last:
+            metrics.update(evaluate(run, step))
+        log.metrics(step, metrics)
+        log.progress(metrics)
+        if last:
+            if step < cfg.train.steps:
+                log.write(
+                    f"time limit of {cfg.train.time_limit_minutes} min reached at step {step}"
+                )
+            break
+    after = evaluate(run, steps_done)
+    if after:
+        log.metrics(steps_done, after)
+    log.close()
+
+    summary: dict[str, Any] = {
+        "run_dir": str(run.run_dir),
+        "steps": steps_done,
+        "wall_time_s": round(time.time() - started, 1),
+        "train_time_s": round(train_seconds, 1),
+        "completion_tokens": tokens,
+        "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1),
+        "seed": cfg.train.seed,
+    }
+    if before and after:
+        summary.update(
+            {
+                "accuracy_before": before["eval/accuracy"],
+                "accuracy_after": after["eval/accuracy"],
+                "accuracy_gain_points": round(
+                    100 * (after["eval/accuracy"] - before["eval/accuracy"]), 1
+                ),
+                "eval_prompts": len(run.eval_rows),
+            }
+        )
+    if cfg.train.save_final:
+        final = run.run_dir / "final"
+        run.model.save_pretrained(final)
+        run.tokenizer.save_pretrained(final)
+        summary["final_model"] = str(final)
+    if cfg.log.plot:
+        plot_curves(log.history, run.run_dir / "curves.png")
+        summary["plot"] = str(run.run_dir / "curves.png")
+    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
