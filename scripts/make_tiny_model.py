@@ -6,12 +6,14 @@ What it does, and why the warm-up data looks the way it does:
 
 * A character tokenizer (printable ASCII plus ``<think>``/``</think>``/``<answer>``/``</answer>``
   as single tokens) and a randomly initialised Llama (hidden 256, 4 layers, about 4.2M params).
-* Supervised warm-up on problems of the ``warmup`` split only. A fraction ``--worked-frac`` of
-  the targets show their working (``<think>23+45=68 ...</think><answer>..</answer>``); the rest
-  state the answer alone (``<answer>59</answer>``), as terse solutions do in real corpora. The
-  model learns both behaviours; greedy decoding follows the more frequent terse one and gets
-  few answers right, while the worked behaviour, which it can also produce, is far more
-  accurate. GRPO then has something real to find from reward alone: which behaviour pays.
+* Supervised warm-up on problems of the ``warmup`` split only, in two stages. Stage 1 teaches
+  the skill: every target shows its working (``<think>47+8=55 ...</think><answer>59</answer>``).
+  Stage 2 (the last ``--terse-steps`` steps, at the low end of the learning-rate schedule) is a
+  fine-tune on data where most targets state the answer alone (``<answer>59</answer>``), as
+  terse solutions do in real corpora; only ``--worked-frac`` of them show the working. The
+  model keeps both behaviours, and greedy decoding now follows the terse one and gets few
+  answers right, although the worked behaviour, which it still produces when sampled, is far
+  more accurate. GRPO has something real to find from reward alone: which behaviour pays.
 * Weights are stored in bf16 (half the bytes of fp32; the trainer upcasts for training).
 
 The run prints its wall time and the greedy held-out accuracy of the result, both with the
@@ -138,7 +140,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--worked-frac", type=float, default=0.3)
+    ap.add_argument("--worked-frac", type=float, default=0.25)
+    ap.add_argument("--terse-steps", type=int, default=400)
     ap.add_argument("--eval-problems", type=int, default=500)
     args = ap.parse_args()
 
@@ -151,7 +154,8 @@ def main() -> None:
     print(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
 
     problems = generate_problems("warmup", args.examples, seed=args.seed)
-    data = encode_examples(tokenizer, problems, args.worked_frac, rng)
+    worked_data = encode_examples(tokenizer, problems, 1.0, rng)
+    mixed_data = encode_examples(tokenizer, problems, args.worked_frac, rng)
     eval_problems = generate_problems("eval", args.eval_problems, seed=args.seed)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -166,7 +170,13 @@ def main() -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     model.train()
     order: list[int] = []
+    data = worked_data
     for step in range(args.steps):
+        if step == args.steps - args.terse_steps:
+            acc1 = greedy_accuracy(model, tokenizer, eval_problems[:100])
+            print(f"step {step}: end of stage 1, held-out greedy accuracy {acc1:.1%}")
+            data, order = mixed_data, []
+            print(f"step {step}: stage 2, {args.worked_frac:.0%} of targets show working")
         if len(order) < args.batch_size:
             order = list(range(len(data)))
             rng.shuffle(order)
@@ -195,6 +205,7 @@ def main() -> None:
         "steps": args.steps,
         "examples": args.examples,
         "worked_frac": args.worked_frac,
+        "terse_steps": args.terse_steps,
         "parameters": n_params,
         "train_seconds": round(train_s, 1),
         "heldout_greedy_accuracy": acc,

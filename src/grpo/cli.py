@@ -103,6 +103,10 @@ def _cmd_eval(argv: Sequence[str]) -> int:
     p.add_argument("--system-prompt", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.k and args.samples and args.samples < max(args.k):
+        p.error(f"--samples {args.samples} is less than the largest k ({max(args.k)})")
+    if any(k < 1 for k in args.k):
+        p.error("--k values must be at least 1")
 
     import torch
 

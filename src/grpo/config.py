@@ -83,8 +83,10 @@ class RolloutConfig:
 @dataclass
 class AlgorithmConfig:
     group_size: int = _f(8, "G: completions sampled per prompt")
-    advantage: str = _f("grpo", "advantage estimator: grpo (group z-score)")
-    scale_rewards: str = _f("group", "std used to scale advantages: group, batch, none")
+    advantage: str = _f(
+        "grpo", "advantage estimator: grpo, dr_grpo, batch_std, rloo, process (step rewards)"
+    )
+    scale_rewards: str = _f("group", "grpo only: std that scales advantages: group, batch, none")
     advantage_eps: float = _f(1e-4, "eps in A = (r - mean) / (std + eps)")
     beta: float = _f(0.04, "KL penalty weight; 0 loads no reference model")
     beta_schedule: str = _f("constant", "constant (beta) or cosine (beta_start -> beta_end)")
@@ -95,9 +97,22 @@ class AlgorithmConfig:
     eps_high: float = _f(0.2, "clip range above 1 for the ratio (DAPO clip-higher: 0.28)")
     loss_aggregation: str = _f(
         "seq_mean_token_mean",
-        "seq_mean_token_mean (paper), token_mean (DAPO), seq_mean_token_sum_norm (Dr. GRPO)",
+        "grpo/seq_mean_token_mean (paper), bnpo (micro-batch token mean), dapo/token_mean, "
+        "dr_grpo/seq_mean_token_sum_norm",
     )
     num_iterations: int = _f(1, "mu: policy updates per rollout batch")
+    dual_clip_c: float | None = _f(
+        None, "dual clip for negative advantages (ratio cap c > 1, e.g. 3)"
+    )
+    kl_in_reward: bool = _f(
+        False, "subtract beta * KL from the reward (PPO style) instead of the loss"
+    )
+    mask_truncated: bool = _f(False, "leave completions cut at max_new_tokens out of the loss")
+    dynamic_sampling_rounds: int = _f(
+        0, "DAPO dynamic sampling: up to N extra rounds to replace zero-variance groups; 0 off"
+    )
+    step_reward: str = _f("", "advantage=process: function returning (reward, char_end) steps")
+    step_reward_kwargs: dict[str, Any] = _f({}, "keyword arguments for step_reward")
 
 
 @dataclass
@@ -105,6 +120,8 @@ class RewardConfig:
     name: str = _f("accuracy", "built-in name, package.module:function or path/file.py:function")
     weight: float = _f(1.0, "weight in the summed reward")
     kwargs: dict[str, Any] = _f({}, "keyword arguments passed to the function")
+    timeout_s: float | None = _f(None, "per-call time limit in seconds; none by default")
+    on_error: str = _f("raise", "raise: stop the run; skip: score None and count it")
 
 
 @dataclass
@@ -162,11 +179,19 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("auto", "bfloat16", "float32"),
     "data.task": ("arithmetic", "gsm8k", "file"),
     "rollout.engine": ("transformers",),
-    "algorithm.advantage": ("grpo",),
+    "algorithm.advantage": ("grpo", "dr_grpo", "batch_std", "rloo", "process"),
     "algorithm.scale_rewards": ("group", "batch", "none"),
     "algorithm.beta_schedule": ("constant", "cosine"),
     "algorithm.kl_estimator": ("k1", "k2", "k3"),
-    "algorithm.loss_aggregation": ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"),
+    "algorithm.loss_aggregation": (
+        "grpo",
+        "bnpo",
+        "dapo",
+        "dr_grpo",
+        "seq_mean_token_mean",
+        "token_mean",
+        "seq_mean_token_sum_norm",
+    ),
 }
 
 
@@ -237,6 +262,20 @@ def validate(cfg: GRPOConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"key '{key}': must be at least 1, got {value}")
+    non_negative = {
+        "rollout.top_k": r.top_k,
+        "train.eval_every": t.eval_every,
+        "train.threads": t.threads,
+        "train.time_limit_minutes": t.time_limit_minutes,
+        "log.samples_per_step": cfg.log.samples_per_step,
+        "optim.weight_decay": o.weight_decay,
+        "optim.max_grad_norm": o.max_grad_norm,
+        "algorithm.advantage_eps": a.advantage_eps,
+        "algorithm.dynamic_sampling_rounds": a.dynamic_sampling_rounds,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"key '{key}': must be >= 0, got {value}")
     if a.group_size < 2:
         raise ConfigError(
             "key 'algorithm.group_size': GRPO needs at least 2 completions per prompt to "
@@ -274,6 +313,19 @@ def validate(cfg: GRPOConfig) -> None:
     for i, rw in enumerate(cfg.rewards):
         if not rw.name:
             raise ConfigError(f"key 'rewards[{i}].name': empty reward name")
+        if rw.on_error not in ("raise", "skip"):
+            raise ConfigError(f"key 'rewards[{i}].on_error': {rw.on_error!r} is not raise or skip")
+        if rw.timeout_s is not None and rw.timeout_s <= 0:
+            raise ConfigError(f"key 'rewards[{i}].timeout_s': must be > 0, got {rw.timeout_s}")
+    if a.dual_clip_c is not None and a.dual_clip_c <= 1:
+        raise ConfigError(f"key 'algorithm.dual_clip_c': must be > 1, got {a.dual_clip_c}")
+    if a.advantage == "process" and not a.step_reward:
+        raise ConfigError(
+            "key 'algorithm.step_reward': advantage 'process' needs a step reward function, e.g. "
+            "grpo.rewards.step_rewards:arithmetic_step_rewards"
+        )
+    if a.kl_in_reward and not uses_reference_model(cfg):
+        raise ConfigError("key 'algorithm.kl_in_reward': needs beta > 0 (a reference model)")
     if cfg.data.task == "file" and not cfg.data.train_path:
         raise ConfigError("key 'data.train_path': required when data.task is 'file'")
 

@@ -115,8 +115,17 @@ def test_reasoning_length_rejects_bad_target(bad: object) -> None:
 
 
 def test_registry() -> None:
+    from grpo.rewards import CodeExecution, MathEquivalence, RewardModel
+    from grpo.rewards.group_rewards import self_consistency
+    from grpo.rewards.overlong import soft_overlong_punishment
+
     assert {
         "accuracy": accuracy,
         "format": format_reward,
         "reasoning_length": reasoning_length,
+        "math": MathEquivalence,
+        "code": CodeExecution,
+        "reward_model": RewardModel,
+        "self_consistency": self_consistency,
+        "soft_overlong": soft_overlong_punishment,
     } == BUILTIN_REWARDS

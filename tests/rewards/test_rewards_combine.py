@@ -57,7 +57,7 @@ def test_weights_none_and_all_none() -> None:
         "reward/mean",
         "reward/std",
         "reward/none_frac",
-        *(f"rewards/{n}/{s}" for n in "ab" for s in ("mean", "std", "none_frac")),
+        *(f"rewards/{n}/{s}" for n in "ab" for s in ("mean", "std", "none_frac", "errors")),
     }
 
 

@@ -66,7 +66,7 @@ def test_unknown_builtin_lists_valid_names() -> None:
         resolve_reward("acuracy")
     message = str(err.value)
     assert "unknown built-in reward 'acuracy'" in message
-    assert "accuracy, format, reasoning_length" in message
+    assert "accuracy, code, format, math, reasoning_length, reward_model" in message
     assert "package.module:function" in message
 
 

@@ -7,6 +7,14 @@ over its micro-batch divided by that constant, so the micro-batch losses add up 
 full-batch loss and their gradients add up to the full-batch gradient. Deriving the normalizer
 inside a micro-batch (e.g. its own token count) silently reweights tokens by micro-batch.
 
+The one deliberate exception is "bnpo" (TRL's name): a token mean over each micro-batch, whose
+normaliser IS the micro-batch's own token count by definition; its result depends on how the
+batch is split, and :func:`loss_normalizer` gives it only the number of micro-batches.
+
+Aggregation names: "grpo", "bnpo", "dapo", "dr_grpo"; the older descriptive names
+"seq_mean_token_mean", "token_mean" and "seq_mean_token_sum_norm" are aliases of "grpo", "dapo"
+and "dr_grpo".
+
 Masked positions (prompt, padding, after EOS) contribute exactly 0 to the loss and the gradient
 even if their log-probs are garbage: inputs are replaced by 0 there before any exp.
 """
@@ -14,7 +22,7 @@ even if their log-probs are garbage: inputs are replaced by 0 there before any e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
@@ -22,13 +30,16 @@ from torch import Tensor
 from grpo.core.kl import kl_penalty
 
 __all__ = [
+    "AGGREGATION_ALIASES",
     "LOSS_AGGREGATIONS",
     "LossStats",
+    "canonical_aggregation",
     "clip_fractions",
     "clipped_surrogate",
     "grpo_loss",
     "loss_normalizer",
     "masked_mean",
+    "micro_batch_token_mean",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "token_mean",
@@ -40,44 +51,72 @@ def _per_row(advantages: Tensor) -> Tensor:
     return advantages[:, None] if advantages.dim() == 1 else advantages
 
 
+def _check_dual_clip(dual_clip_c: float | None) -> None:
+    if dual_clip_c is not None and not dual_clip_c > 1.0:
+        raise ValueError(f"dual_clip_c must be > 1 (or None to disable), got {dual_clip_c}")
+
+
 def clipped_surrogate(
     logp: Tensor,
     old_logp: Tensor,
     advantages: Tensor,
     eps_low: float,
     eps_high: float,
+    dual_clip_c: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Per-token PPO clipped surrogate loss (PPO, Schulman et al. 2017 eq. 7; DeepSeekMath
-    arXiv 2402.03300 eq. 3), with separate low/high clip ranges (DAPO arXiv 2503.14476 eq. 10).
+    arXiv 2402.03300 eq. 3), with separate low/high clip ranges (DAPO arXiv 2503.14476 eq. 10)
+    and optional dual clip for negative advantages.
 
     ``ratio = exp(logp - old_logp)``,
     ``loss = -min(ratio * A, clip(ratio, 1 - eps_low, 1 + eps_high) * A)``.
+
+    Dual clip (Ye et al. 2020, "Mastering Complex Control in MOBA Games with Deep Reinforcement
+    Learning", arXiv 1912.09729, the dual-clip PPO objective): for A < 0 the objective is
+    ``max(min(r A, clip(r) A), c A)``, i.e. the loss is capped at ``-c A = c |A|``. Without it a
+    token with A < 0 and a ratio far above 1 + eps_high (the new policy already likes it much
+    more than the sampler did) contributes an unbounded ``r |A|``; with it, once r > c the token
+    contributes the constant c |A| and no gradient. c must be > 1.
 
     Args:
         logp: [B, T] log-probs under the current policy (with gradient).
         old_logp: [B, T] log-probs under the sampling policy (no gradient).
         advantages: [B] (one per sequence) or [B, T].
+        dual_clip_c: c of the dual clip, or None (off).
 
     Returns:
         (per_token_loss [B, T], ratio [B, T]); unmasked, reduce with an aggregation.
     """
+    _check_dual_clip(dual_clip_c)
     adv = _per_row(advantages)
     ratio = torch.exp(logp - old_logp)
     clipped = ratio.clamp(1.0 - eps_low, 1.0 + eps_high)
     per_token = -torch.minimum(ratio * adv, clipped * adv)
+    if dual_clip_c is not None:
+        # Dual clip (Ye et al. 2020): for A < 0, loss = min(loss, -c A).
+        per_token = torch.where(adv < 0, torch.minimum(per_token, -dual_clip_c * adv), per_token)
     return per_token, ratio
 
 
 def _clip_counts(
-    ratio: Tensor, advantages: Tensor, mask: Tensor, eps_low: float, eps_high: float
-) -> tuple[Tensor, Tensor]:
-    """Masked counts of tokens where the clipped branch of the min is the active one."""
+    ratio: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip_c: float | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Masked counts of tokens where a clipped branch is the active one: (low, high, dual)."""
     adv = _per_row(advantages)
     m = mask.bool()
     # Only there is the gradient cut off: A < 0 pushing the ratio further down, or A > 0 up.
     low = (adv < 0) & (ratio < 1.0 - eps_low) & m
     high = (adv > 0) & (ratio > 1.0 + eps_high) & m
-    return low.sum(), high.sum()
+    if dual_clip_c is None:
+        dual = low.new_zeros(())
+    else:
+        dual = ((adv < 0) & (ratio > dual_clip_c) & m).sum()
+    return low.sum(), high.sum(), dual
 
 
 def clip_fractions(
@@ -88,7 +127,7 @@ def clip_fractions(
 
     ratio, mask: [B, T]; advantages: [B] or [B, T]. Returns two 0-dim float tensors.
     """
-    low, high = _clip_counts(ratio, advantages, mask, eps_low, eps_high)
+    low, high, _ = _clip_counts(ratio, advantages, mask, eps_low, eps_high)
     n = mask.bool().sum().clamp(min=1)
     return low / n, high / n
 
@@ -103,7 +142,7 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 def seq_mean_token_mean(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
-    """DeepSeekMath eq. 3: ``1/G sum_i 1/|o_i| sum_t l_it``. Numerator
+    """Aggregation "grpo", DeepSeekMath eq. 3: ``1/G sum_i 1/|o_i| sum_t l_it``. Numerator
     ``sum_i (sum_t l_it m_it) / |o_i|``; normalizer = number of sequences in the whole batch.
     A sequence with no completion tokens contributes 0."""
     m = mask.bool()
@@ -112,22 +151,44 @@ def seq_mean_token_mean(per_token: Tensor, mask: Tensor, normalizer: float) -> T
 
 
 def token_mean(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
-    """DAPO (arXiv 2503.14476 eq. 12) token-level mean: numerator ``sum_it l_it m_it``;
-    normalizer = completion-token count of the whole batch."""
+    """Aggregation "dapo", DAPO (arXiv 2503.14476 eq. 12) token-level mean: numerator
+    ``sum_it l_it m_it``; normalizer = completion-token count of the whole batch."""
     return torch.where(mask.bool(), per_token, 0.0).sum() / normalizer
 
 
 def seq_mean_token_sum_norm(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
-    """Dr. GRPO (arXiv 2503.20783 eq. 3): numerator ``sum_it l_it m_it``; normalizer =
-    sequences in the whole batch * max_completion_length (a constant, so no length bias)."""
+    """Aggregation "dr_grpo", Dr. GRPO (arXiv 2503.20783 eq. 3): numerator ``sum_it l_it m_it``;
+    normalizer = sequences in the whole batch * max_completion_length (a constant, so no
+    length bias)."""
     return torch.where(mask.bool(), per_token, 0.0).sum() / normalizer
 
 
-# Name -> aggregation(per_token [B, T], mask [B, T], normalizer) -> scalar.
+def micro_batch_token_mean(per_token: Tensor, mask: Tensor, normalizer: float) -> Tensor:
+    """Aggregation "bnpo" (TRL's ``loss_type="bnpo"``): the token mean over THIS micro-batch,
+    ``(sum_it l_it m_it) / max(sum_it m_it, 1)``, divided by ``normalizer`` = the number of
+    micro-batches whose losses are summed into one gradient, so the batch loss is the mean of
+    the micro-batch token means. By definition it depends on the micro-batch split (a token's
+    weight is 1 / (K * tokens of its micro-batch)); with one micro-batch it equals "dapo"."""
+    m = mask.bool()
+    return torch.where(m, per_token, 0.0).sum() / m.sum().clamp(min=1) / normalizer
+
+
+# Name -> aggregation(per_token [B, T], mask [B, T], normalizer) -> scalar. Aliases included.
 LOSS_AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, float], Tensor]] = {
+    "grpo": seq_mean_token_mean,
+    "bnpo": micro_batch_token_mean,
+    "dapo": token_mean,
+    "dr_grpo": seq_mean_token_sum_norm,
     "seq_mean_token_mean": seq_mean_token_mean,
     "token_mean": token_mean,
     "seq_mean_token_sum_norm": seq_mean_token_sum_norm,
+}
+
+# Older descriptive name -> canonical name.
+AGGREGATION_ALIASES: dict[str, str] = {
+    "seq_mean_token_mean": "grpo",
+    "token_mean": "dapo",
+    "seq_mean_token_sum_norm": "dr_grpo",
 }
 
 
@@ -136,34 +197,55 @@ def _unknown(kind: str, name: str, registry: dict[str, object]) -> ValueError:
     return ValueError(f"unknown {kind} {name!r}; valid names: {valid}")
 
 
+def canonical_aggregation(name: str) -> str:
+    """The canonical name ("grpo", "bnpo", "dapo" or "dr_grpo") of any registered name."""
+    if name not in LOSS_AGGREGATIONS:
+        raise _unknown("loss aggregation", name, LOSS_AGGREGATIONS)
+    return AGGREGATION_ALIASES.get(name, name)
+
+
 def loss_normalizer(
-    mode: str, num_sequences: int, num_tokens: int, max_completion_length: int
+    mode: str,
+    num_sequences: int,
+    num_tokens: int,
+    max_completion_length: int,
+    *,
+    num_micro_batches: int = 1,
 ) -> float:
     """The normalizer of aggregation ``mode`` for the WHOLE batch (all micro-batches and ranks).
 
     Args:
         mode: a key of LOSS_AGGREGATIONS.
-        num_sequences: B summed over the whole batch.
-        num_tokens: completion tokens (mask sum) over the whole batch.
-        max_completion_length: the generation cap, used by seq_mean_token_sum_norm.
+        num_sequences: B summed over the whole batch ("grpo", "dr_grpo").
+        num_tokens: completion tokens (mask sum) over the whole batch ("dapo").
+        max_completion_length: the generation cap ("dr_grpo").
+        num_micro_batches: micro-batch losses summed into one optimizer step, over all ranks
+            ("bnpo" only).
 
     Returns:
         A float >= 1 (an all-empty batch gives 1 rather than a division by zero).
     """
-    if mode == "seq_mean_token_mean":
+    kind = canonical_aggregation(mode)
+    if kind == "grpo":
         value = float(num_sequences)
-    elif mode == "token_mean":
+    elif kind == "dapo":
         value = float(num_tokens)
-    elif mode == "seq_mean_token_sum_norm":
+    elif kind == "dr_grpo":
         if max_completion_length < 1:
             raise ValueError(f"max_completion_length must be >= 1, got {max_completion_length}")
         value = float(num_sequences) * float(max_completion_length)
-    else:
-        raise _unknown("loss aggregation", mode, LOSS_AGGREGATIONS)
+    else:  # bnpo
+        if num_micro_batches < 1:
+            raise ValueError(f"num_micro_batches must be >= 1, got {num_micro_batches}")
+        value = float(num_micro_batches)
     return max(value, 1.0)
 
 
 # ---- statistics ---------------------------------------------------------------------------------
+
+
+def _zero() -> Tensor:
+    return torch.zeros((), dtype=torch.float64)
 
 
 @dataclass
@@ -184,6 +266,7 @@ class LossStats:
     clip_high_count: Tensor
     kl_sum: Tensor
     kl_tokens: Tensor  # tokens with a KL value (0 when no reference was given)
+    clip_dual_count: Tensor = field(default_factory=_zero)  # A < 0 and ratio > dual_clip_c
 
     @classmethod
     def zeros(cls, device: torch.device | str | None = None) -> LossStats:
@@ -203,7 +286,11 @@ class LossStats:
         return cls(*t.unbind(0))
 
     def finalize(self) -> dict[str, float]:
-        """Means over all accumulated tokens: loss (summed), ratio_mean, clip fractions, kl."""
+        """Means over all accumulated tokens: loss (summed), ratio_mean, clip fractions, kl.
+
+        clip_frac = clip_low_frac + clip_high_frac (the PPO clip); clip_dual_frac counts the
+        tokens held by the dual clip (A < 0, ratio > c) separately; it is 0 when dual clip is
+        off."""
         n = max(float(self.num_tokens), 1.0)
         low, high = float(self.clip_low_count) / n, float(self.clip_high_count) / n
         out = {
@@ -214,6 +301,7 @@ class LossStats:
             "clip_low_frac": low,
             "clip_high_frac": high,
             "clip_frac": low + high,
+            "clip_dual_frac": float(self.clip_dual_count) / n,
         }
         if float(self.kl_tokens) > 0:
             out["kl"] = float(self.kl_sum) / float(self.kl_tokens)
@@ -236,6 +324,7 @@ def grpo_loss(
     aggregation: str,
     normalizer: float,
     kl_estimator: str = "k3",
+    dual_clip_c: float | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GRPO loss of one micro-batch, DeepSeekMath (arXiv 2402.03300) eq. 3, negated:
     per token ``-min(r A, clip(r) A) + beta * KL_est(pi_theta || pi_ref)``, then reduced by
@@ -247,13 +336,16 @@ def grpo_loss(
             update (mu = 1): then pi_old = pi_theta numerically, ratio is exactly 1 and the
             gradient is ``-A * grad(logp)``.
         ref_logp: [B, T] reference-model log-probs, or None for no KL term (beta must be 0).
-        advantages: [B] (or [B, T]).
+        advantages: [B] (outcome estimators) or [B, T] (per-token, e.g. process_advantages
+            trimmed to the micro-batch's T columns).
         mask: [B, T], 1/True on completion tokens.
-        beta: KL coefficient (>= 0). With beta == 0 a given ref_logp is only logged.
+        beta: KL coefficient (>= 0). With beta == 0 a given ref_logp is only logged. Use 0 here
+            when the KL is subtracted from the reward instead (see ``kl_reward_penalty``).
         eps_low, eps_high: clip range [1 - eps_low, 1 + eps_high].
         aggregation: a key of LOSS_AGGREGATIONS.
         normalizer: from loss_normalizer, for the whole batch.
         kl_estimator: a key of KL_ESTIMATORS.
+        dual_clip_c: dual-clip constant c > 1 for A < 0 (Ye et al. 2020), or None (off).
 
     Returns:
         (scalar loss, LossStats of this micro-batch).
@@ -268,19 +360,31 @@ def grpo_loss(
         raise ValueError(f"normalizer must be > 0, got {normalizer}")
     if eps_low < 0 or eps_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
+    _check_dual_clip(dual_clip_c)
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} shape {tuple(t.shape)} != logp shape {tuple(logp.shape)}")
-    if advantages.shape[0] != logp.shape[0]:
-        raise ValueError(f"advantages {tuple(advantages.shape)} do not match logp rows")
+    if advantages.dim() == 1:
+        if advantages.shape[0] != logp.shape[0]:
+            raise ValueError(f"advantages {tuple(advantages.shape)} do not match logp rows")
+    elif advantages.dim() == 2:
+        if advantages.shape != logp.shape:
+            raise ValueError(
+                f"per-token advantages shape {tuple(advantages.shape)} != logp shape "
+                f"{tuple(logp.shape)}; trim them to the micro-batch's columns"
+            )
+    else:
+        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
 
     m = mask.bool()
     advantages = advantages.to(logp.dtype)
     # Zero the inputs at masked positions so exp() there cannot produce inf/NaN that would leak
     # into the sum or the gradient (0 * inf = NaN).
     logp = torch.where(m, logp, 0.0)
+    if advantages.dim() == 2:
+        advantages = torch.where(m, advantages, 0.0)
     old = logp.detach() if old_logp is None else torch.where(m, old_logp, 0.0)
-    per_token, ratio = clipped_surrogate(logp, old, advantages, eps_low, eps_high)
+    per_token, ratio = clipped_surrogate(logp, old, advantages, eps_low, eps_high, dual_clip_c)
 
     kl: Tensor | None = None
     if ref_logp is not None:
@@ -292,7 +396,7 @@ def grpo_loss(
 
     with torch.no_grad():
         f64 = torch.float64
-        low, high = _clip_counts(ratio, advantages, m, eps_low, eps_high)
+        low, high, dual = _clip_counts(ratio, advantages, m, eps_low, eps_high, dual_clip_c)
         n_tok = m.sum().to(f64)
         stats = LossStats(
             loss=loss.detach().to(f64),
@@ -303,5 +407,6 @@ def grpo_loss(
             clip_high_count=high.to(f64),
             kl_sum=(torch.where(m, kl, 0.0).sum().to(f64) if kl is not None else n_tok * 0),
             kl_tokens=n_tok if kl is not None else n_tok * 0,
+            clip_dual_count=dual.to(f64),
         )
     return loss, stats

@@ -1,9 +1,13 @@
-"""The built-in verifiable task: chains of two-digit additions and subtractions.
+"""The built-in verifiable task: chains of additions and subtractions.
 
-A problem is ``Q: 23+45-17+8`` and the expected completion works left to right inside
-``<think>`` and gives the result inside ``<answer>``::
+A problem starts from a number up to 99 and adds or subtracts two or three single-digit
+numbers, ``Q: 47+8-5+9``. The expected completion works left to right inside ``<think>`` and
+gives the result inside ``<answer>``::
 
-    <think>23+45=68 68-17=51 51+8=59</think><answer>59</answer>
+    <think>47+8=55 55-5=50 50+9=59</think><answer>59</answer>
+
+Each step is easy for a small model to learn; doing all of them at once, without writing the
+intermediate results, is not.
 
 Every problem belongs to exactly one split, decided by a hash of its text, so the problems
 used for the supervised warm-up, for RL prompts and for held-out evaluation never overlap,
@@ -82,15 +86,18 @@ def split_of(expression: str) -> Split:
     raise AssertionError("buckets cover 0..99")
 
 
-def _random_problem(rng: random.Random, min_terms: int, max_terms: int) -> ArithmeticProblem:
-    """Operands in 1..99; resample subtractions so no intermediate result is negative."""
+def _random_problem(
+    rng: random.Random, min_terms: int, max_terms: int, first_max: int, operand_max: int
+) -> ArithmeticProblem:
+    """First number in 1..first_max, the others in 1..operand_max; a subtraction that would
+    go below zero becomes an addition, so every intermediate result is non-negative."""
     n_terms = rng.randint(min_terms, max_terms)
-    numbers = [rng.randint(1, 99)]
+    numbers = [rng.randint(1, first_max)]
     ops: list[str] = []
     acc = numbers[0]
     for _ in range(n_terms - 1):
         op = rng.choice("+-")
-        n = rng.randint(1, 99)
+        n = rng.randint(1, operand_max)
         if op == "-" and n > acc:
             op = "+"
         acc = acc + n if op == "+" else acc - n
@@ -100,7 +107,14 @@ def _random_problem(rng: random.Random, min_terms: int, max_terms: int) -> Arith
 
 
 def generate_problems(
-    split: Split, count: int, *, seed: int = 0, min_terms: int = 3, max_terms: int = 4
+    split: Split,
+    count: int,
+    *,
+    seed: int = 0,
+    min_terms: int = 3,
+    max_terms: int = 4,
+    first_max: int = 99,
+    operand_max: int = 9,
 ) -> list[ArithmeticProblem]:
     """``count`` distinct problems of ``split``, reproducible from ``seed``."""
     if split not in _SPLIT_BUCKETS:
@@ -113,7 +127,7 @@ def generate_problems(
         attempts += 1
         if attempts > 1000 * count + 10_000:
             raise RuntimeError(f"could not draw {count} distinct {split} problems")
-        p = _random_problem(rng, min_terms, max_terms)
+        p = _random_problem(rng, min_terms, max_terms, first_max, operand_max)
         expr = p.expression
         if expr in seen or split_of(expr) != split:
             continue

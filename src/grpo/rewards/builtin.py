@@ -4,6 +4,9 @@ Each follows the reward contract `fn(prompts, completions, **columns) -> list[fl
 `prompts` and `completions` are aligned lists (strings or chat message lists), extra dataset
 columns arrive as keyword lists aligned with them, and None means "cannot score this one". They
 accept `**kwargs` so the trainer can pass every dataset column without knowing which each uses.
+
+`math`, `code` and `reward_model` hold state (worker processes, a model), so they are classes:
+`RewardFunction` builds them once with the config's kwargs, and the instance is the function.
 """
 
 from __future__ import annotations
@@ -12,7 +15,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from grpo.rewards.code_reward import CodeExecution
 from grpo.rewards.extract import completion_text, extract_number, parse_number
+from grpo.rewards.group_rewards import self_consistency
+from grpo.rewards.math_reward import MathEquivalence
+from grpo.rewards.overlong import soft_overlong_punishment
+from grpo.rewards.reward_model import RewardModel
 
 __all__ = ["BUILTIN_REWARDS", "accuracy", "format_reward", "reasoning_length"]
 
@@ -31,7 +39,8 @@ def accuracy(
     `####`, "the answer is", then the last number). A completion with no readable number scores
     0.0: the model failed to answer. The gold answer (a number, or a string `parse_number`
     reads, such as "1,234" or "3/4") that cannot be read gives None for that row, because the
-    fault is in the data, not the completion. Equality is `math.isclose` with rel_tol=1e-6.
+    fault is in the data, not the completion. Whole numbers must be equal exactly; otherwise
+    equality is `math.isclose` with rel_tol=1e-6.
     """
     if len(answer) != len(completions):
         raise ValueError(
@@ -45,11 +54,16 @@ def accuracy(
             scores.append(None)
             continue
         predicted = extract_number(completion_text(completion))
-        correct = predicted is not None and math.isclose(
-            predicted, gold_value, rel_tol=_REL_TOL, abs_tol=_ABS_TOL
-        )
-        scores.append(1.0 if correct else 0.0)
+        scores.append(1.0 if predicted is not None and _same(predicted, gold_value) else 0.0)
     return scores
+
+
+def _same(predicted: float, gold: float) -> bool:
+    # Whole numbers are compared exactly: with a relative tolerance, 1450001 would pass for a
+    # gold answer of 1450000 (GSM8K has answers that large).
+    if predicted.is_integer() and gold.is_integer():
+        return predicted == gold
+    return math.isclose(predicted, gold, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
 
 
 def _gold_number(gold: Any) -> float | None:
@@ -139,8 +153,14 @@ def reasoning_length(
     return scores
 
 
-BUILTIN_REWARDS: dict[str, Callable[..., list[float | None]]] = {
+# A name maps to a function, or to a class whose instances are reward functions.
+BUILTIN_REWARDS: dict[str, Callable[..., Any]] = {
     "accuracy": accuracy,
     "format": format_reward,
     "reasoning_length": reasoning_length,
+    "math": MathEquivalence,
+    "code": CodeExecution,
+    "reward_model": RewardModel,
+    "self_consistency": self_consistency,
+    "soft_overlong": soft_overlong_punishment,
 }

@@ -9,11 +9,19 @@ Semantics the trainer relies on:
   returned None for i contributes nothing (it is not counted as 0 in any mean). When every
   function returned None for i, `total[i]` is NaN: the completion is left out of its group's
   statistics.
+- A function with `on_error="skip"` that raises or times out gives None for the completions it
+  failed on (all of the batch when it timed out); they are counted in `errors[name]`
+  (the metric rewards/{name}/errors). With the default `on_error="raise"` the run stops with a
+  `RewardError` naming the function, the completion, its dataset row and prompt, with the
+  function's traceback above it.
+- Returning the wrong number of values, or something that is not a number or None, always
+  raises: that is a bug in the function, not a hard input.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import numbers
 from collections.abc import Callable, Mapping, Sequence
@@ -22,6 +30,7 @@ from typing import Any
 
 import torch
 
+from grpo.rewards.calling import Call, Outcome, call_all, is_async_callable
 from grpo.rewards.errors import RewardError, RewardSpecError
 from grpo.rewards.extract import completion_text
 from grpo.rewards.loading import (
@@ -31,9 +40,16 @@ from grpo.rewards.loading import (
     spec_function_name,
 )
 
-__all__ = ["RewardFunction", "RewardScores", "score_completions"]
+__all__ = ["ON_ERROR", "RewardFunction", "RewardScores", "score_completions"]
+
+logger = logging.getLogger("grpo.rewards")
 
 _PROMPT_PREVIEW_CHARS = 200
+ON_ERROR = ("raise", "skip")
+# With on_error="skip", the first few failures of each function are logged with their
+# traceback; after that they are only counted, so a function that always fails does not flood
+# the log.
+_WARNINGS_PER_FUNCTION = 3
 
 
 @dataclass
@@ -43,20 +59,50 @@ class RewardFunction:
     `kwargs` are passed to every call next to the dataset columns (for example
     `{"target_chars": 500}` for `reasoning_length`). If `fn` has no `**kwargs` parameter, it is
     given only the arguments it names, so `def f(completions, answer)` works too.
+
+    When `fn` is a class (a reward with state to load once, such as `RewardModel`), it is
+    built here as `fn(**kwargs)` and the instance becomes the function; kwargs then configure
+    the instance and are not passed to each call.
+
+    timeout_s: seconds one call (on the whole batch) may take; None waits for ever. See
+        `grpo.rewards.calling` for what a timeout can and cannot stop.
+    on_error: "raise" (default) stops the run when the function raises or times out; "skip"
+        gives None for the completions it failed on and counts them in rewards/{name}/errors.
+    `async def` functions run concurrently with each other and with the plain ones.
     """
 
     name: str
     fn: Callable[..., Any]
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    timeout_s: float | None = None
+    on_error: str = "raise"
     # The keyword names fn accepts; None when it takes **kwargs (everything is passed).
     _accepted: frozenset[str] | None = field(init=False, repr=False, compare=False)
+    _is_async: bool = field(init=False, repr=False, compare=False)
+    _warnings_left: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise RewardSpecError(f"reward function name must be a non-empty string: {self!r}")
         if not callable(self.fn):
             raise RewardSpecError(f"reward function {self.name!r}: fn is not callable")
+        if self.timeout_s is not None and (
+            isinstance(self.timeout_s, bool)
+            or not isinstance(self.timeout_s, numbers.Real)
+            or not 0 < self.timeout_s < math.inf
+        ):
+            raise RewardSpecError(
+                f"reward function {self.name!r}: timeout_s must be a positive number of seconds "
+                f"or None, got {self.timeout_s!r}"
+            )
+        if self.on_error not in ON_ERROR:
+            raise RewardSpecError(
+                f"reward function {self.name!r}: on_error must be one of {ON_ERROR}, got "
+                f"{self.on_error!r}"
+            )
+        self.timeout_s = None if self.timeout_s is None else float(self.timeout_s)
+        self._warnings_left = _WARNINGS_PER_FUNCTION
         if isinstance(self.weight, bool) or not isinstance(self.weight, numbers.Real):
             raise RewardSpecError(
                 f"reward function {self.name!r}: weight must be a number, got {self.weight!r}"
@@ -67,7 +113,11 @@ class RewardFunction:
             )
         self.weight = float(self.weight)
         self.kwargs = dict(self.kwargs)
+        if inspect.isclass(self.fn):
+            self.fn = _instantiate(self.name, self.fn, self.kwargs)
+            self.kwargs = {}
         self._accepted = _accepted_keywords(self.fn)
+        self._is_async = is_async_callable(self.fn)
         clash = CALL_ARGUMENTS & set(self.kwargs)
         if clash:
             raise RewardSpecError(
@@ -90,15 +140,19 @@ class RewardFunction:
         weight: float = 1.0,
         kwargs: Mapping[str, Any] | None = None,
         name: str | None = None,
+        timeout_s: float | None = None,
+        on_error: str = "raise",
     ) -> RewardFunction:
         """Resolve `spec` (see `resolve_reward`) and wrap it; the name defaults to the built-in
-        name or the function name after ':'."""
+        name or the function name after ':'. A spec naming a class is built with `kwargs`."""
         fn = resolve_reward(spec)
         return cls(
             name=name or spec_function_name(spec),
             fn=fn,
             weight=weight,
             kwargs=dict(kwargs or {}),
+            timeout_s=timeout_s,
+            on_error=on_error,
         )
 
     def required_columns(self) -> set[str]:
@@ -116,6 +170,11 @@ class RewardScores:
 
     total: torch.Tensor
     per_function: dict[str, torch.Tensor]
+    # name -> completions the function could not score because it raised or timed out
+    # (on_error="skip"); every function has an entry.
+    errors: dict[str, int] = field(default_factory=dict)
+    # name -> numbers the function reported about the batch (its `batch_metrics()`).
+    extra: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def scored(self) -> torch.Tensor:
@@ -125,14 +184,19 @@ class RewardScores:
     def metrics(self) -> dict[str, float]:
         """Means and population standard deviations (over non-None values), plus the fraction
         of None per function. Keys: reward/mean, reward/std, reward/none_frac (all functions
-        None), rewards/{name}/mean, rewards/{name}/std, rewards/{name}/none_frac. A mean over no
-        values is NaN."""
+        None), rewards/{name}/mean, rewards/{name}/std, rewards/{name}/none_frac,
+        rewards/{name}/errors (completions left unscored because the function raised or timed
+        out), and rewards/{name}/{key} for what a function reports in `batch_metrics()`. A mean
+        over no values is NaN."""
         out: dict[str, float] = {}
         out["reward/mean"], out["reward/std"] = _mean_std(self.total)
         out["reward/none_frac"] = _nan_fraction(self.total)
         for name, values in self.per_function.items():
+            for key, value in self.extra.get(name, {}).items():
+                out[f"rewards/{name}/{key}"] = value
             out[f"rewards/{name}/mean"], out[f"rewards/{name}/std"] = _mean_std(values)
             out[f"rewards/{name}/none_frac"] = _nan_fraction(values)
+            out[f"rewards/{name}/errors"] = float(self.errors.get(name, 0))
         return out
 
 
@@ -153,9 +217,13 @@ def score_completions(
         at the data.
 
     Each function is called once on the whole batch as
-    `fn(prompts=..., completions=..., **columns, **kwargs)`. A returned value may be a number
-    (int, float, bool — True counts as 1.0 — or a 0-d tensor/array) or None; strings, lists,
-    NaN and infinities are rejected. Any problem raises `RewardError` naming the function.
+    `fn(prompts=..., completions=..., **columns, **kwargs)`; `async def` functions run
+    concurrently. A returned value may be a number (int, float, bool — True counts as 1.0 — or
+    a 0-d tensor/array) or None; strings, lists, NaN and infinities are rejected. When a call
+    raises, the function is called again on each completion alone to find the one it fails on
+    (so a function with side effects sees those completions twice). What happens then, and on a
+    timeout, is the function's `on_error` (see the module docstring). Any problem that stops
+    the run raises `RewardError` naming the function.
     """
     if not reward_fns:
         raise ValueError("score_completions: no reward functions given; configure at least one")
@@ -188,11 +256,18 @@ def score_completions(
         raise ValueError(f"score_completions: {len(row_ids)} row_ids for {batch_size} completions")
 
     batch = _Batch(list(prompts), list(completions), columns, row_ids)
+    # Check every function's arguments before calling any, so a missing column is reported
+    # before minutes of scoring are spent.
+    arguments = [_arguments(rf, batch) for rf in reward_fns]
+    outcomes = call_all([_call(rf, args) for rf, args in zip(reward_fns, arguments, strict=True)])
     per_function: dict[str, torch.Tensor] = {}
+    errors: dict[str, int] = {}
+    extra: dict[str, dict[str, float]] = {}
     weighted = torch.zeros(batch_size, dtype=torch.float64)
     scored = torch.zeros(batch_size, dtype=torch.bool)
-    for rf in reward_fns:
-        values = _run_one(rf, batch)
+    for rf, outcome in zip(reward_fns, outcomes, strict=True):
+        values, errors[rf.name] = _run_one(rf, batch, outcome)
+        extra[rf.name] = _batch_metrics(rf)
         raw = torch.tensor(
             [math.nan if v is None else v for v in values], dtype=torch.float64
         ).reshape(batch_size)
@@ -201,7 +276,7 @@ def score_completions(
         scored |= present
         per_function[rf.name] = raw.to(torch.float32)
     total = torch.where(scored, weighted, math.nan).to(torch.float32)
-    return RewardScores(total=total, per_function=per_function)
+    return RewardScores(total=total, per_function=per_function, errors=errors, extra=extra)
 
 
 @dataclass
@@ -225,13 +300,22 @@ class _Batch:
             text += f" (dataset row {self.row_ids[i]})"
         return f"{text}; prompt: {_preview(self.prompts[i])}"
 
+    def dataset_row(self, i: int) -> int | None:
+        return None if self.row_ids is None else int(self.row_ids[i])
 
-def _run_one(rf: RewardFunction, batch: _Batch) -> list[float | None]:
-    """Call one reward function on the whole batch and check what it returns.
+    def row(self, i: int) -> _Batch:
+        """The batch of completion i alone."""
+        return _Batch(
+            self.prompts[i : i + 1],
+            self.completions[i : i + 1],
+            {k: list(v[i : i + 1]) for k, v in self.columns.items()},
+            None if self.row_ids is None else self.row_ids[i : i + 1],
+        )
 
-    The single place that calls user code, so per-function timeouts and an on_error policy can
-    wrap it later.
-    """
+
+def _arguments(rf: RewardFunction, batch: _Batch) -> dict[str, Any]:
+    """The keyword arguments of `rf`'s call on `batch`; raises when the batch cannot supply
+    what it needs."""
     arguments: dict[str, Any] = {
         "prompts": list(batch.prompts),
         "completions": list(batch.completions),
@@ -255,18 +339,150 @@ def _run_one(rf: RewardFunction, batch: _Batch) -> list[float | None]:
         )
     if rf._accepted is not None:
         arguments = {k: v for k, v in arguments.items() if k in rf._accepted}
+    return arguments
 
-    try:
-        output = rf.fn(**arguments)
-    except Exception as exc:
+
+def _call(rf: RewardFunction, arguments: dict[str, Any]) -> Call:
+    return Call(rf.fn, arguments, rf.timeout_s, rf._is_async, label=f"reward-{rf.name}")
+
+
+def _run_one(rf: RewardFunction, batch: _Batch, outcome: Outcome) -> tuple[list[float | None], int]:
+    """Turn the outcome of `rf`'s call on the whole batch into one value per completion, and
+    the number of completions it failed on (on_error="skip").
+
+    The single place that decides about user code: it checks what the function returned,
+    and on an exception calls it again on each completion alone to find the one to blame.
+    """
+    if outcome.timed_out:
+        message = (
+            f"reward function {rf.name!r} did not return within timeout_s={rf.timeout_s:g} s "
+            f"while scoring {batch.describe()}"
+        )
+        if rf.on_error == "raise":
+            raise RewardError(
+                message + "\n  (raise timeout_s, make the function faster, or set "
+                "on_error: skip to give the batch None and keep training)",
+                function=rf.name,
+            )
+        _warn(rf, message + "; its completions get None", None)
+        return [None] * len(batch.completions), len(batch.completions)
+    if outcome.error is None:
+        return _check_output(rf, outcome.value, batch), 0
+
+    # It raised on the batch: find the completions it raises on alone.
+    rows = [batch.row(i) for i in range(len(batch.completions))]
+    per_row = _call_rows(rf, rows, stop_at_first_failure=rf.on_error == "raise")
+    failures = [i for i, o in enumerate(per_row) if o.error is not None or o.timed_out]
+    if rf.on_error == "raise":
+        if failures:
+            i = failures[0]
+            row_outcome = per_row[i]
+            what = (
+                f"raised {_exception_text(row_outcome.error)}"
+                if row_outcome.error is not None
+                else f"did not return within timeout_s={rf.timeout_s:g} s"
+            )
+            cause = row_outcome.error or outcome.error
+            text = f"on {batch.describe_item(i)}"
+            row, dataset_row = i, batch.dataset_row(i)
+        else:
+            what = f"raised {_exception_text(outcome.error)}"
+            cause = outcome.error
+            text = "on the batch, though on each completion alone it does not"
+            row = dataset_row = None
         raise RewardError(
-            f"reward function {rf.name!r} raised {type(exc).__name__}: {exc}\n"
-            f"  while scoring {batch.describe()}\n"
-            "  (its traceback is above; return None for a completion it cannot score instead "
-            "of raising)",
+            f"reward function {rf.name!r} {what}\n  {text}\n  while scoring "
+            f"{batch.describe()}\n  (its traceback is above; return None for a completion it "
+            "cannot score instead of raising, or set on_error: skip for this reward to give "
+            "the completions it fails on None and keep training)",
             function=rf.name,
+            row=row,
+            dataset_row=dataset_row,
+        ) from cause
+    values: list[float | None] = []
+    for i, row_outcome in enumerate(per_row):
+        if i in failures:
+            what = (
+                f"raised {_exception_text(row_outcome.error)}"
+                if row_outcome.error is not None
+                else "timed out"
+            )
+            _warn(rf, f"reward function {rf.name!r} {what} on {batch.describe_item(i)}; it "
+                  "gets None", row_outcome.error)  # fmt: skip
+            values.append(None)
+        else:
+            values.extend(_check_output(rf, row_outcome.value, rows[i]))
+    return values, len(failures)
+
+
+def _call_rows(
+    rf: RewardFunction, rows: list[_Batch], *, stop_at_first_failure: bool
+) -> list[Outcome]:
+    calls = [_call(rf, _arguments(rf, row)) for row in rows]
+    if rf._is_async or not stop_at_first_failure:
+        # Async calls are concurrent, so there is nothing to save by stopping early.
+        return call_all(calls)
+    outcomes: list[Outcome] = []
+    for c in calls:
+        outcomes.extend(call_all([c]))
+        if outcomes[-1].error is not None or outcomes[-1].timed_out:
+            break
+    return outcomes
+
+
+def _warn(rf: RewardFunction, message: str, error: BaseException | None) -> None:
+    if rf._warnings_left <= 0:
+        return
+    rf._warnings_left -= 1
+    if rf._warnings_left == 0:
+        message += (
+            f". Further failures of {rf.name!r} are only counted, in rewards/{rf.name}/errors"
+        )
+    exc_info = (type(error), error, error.__traceback__) if error is not None else None
+    logger.warning(message, exc_info=exc_info)
+
+
+def _exception_text(error: BaseException | None) -> str:
+    return "nothing" if error is None else f"{type(error).__name__}: {error}"
+
+
+def _batch_metrics(rf: RewardFunction) -> dict[str, float]:
+    """The function's own numbers about the last batch, when it has a `batch_metrics()`."""
+    report = getattr(rf.fn, "batch_metrics", None)
+    if not callable(report):
+        return {}
+    try:
+        numbers_ = dict(report())
+    except Exception:
+        # Metrics are a courtesy: a failure here must not stop training.
+        logger.warning("reward function %r: batch_metrics() raised", rf.name, exc_info=True)
+        return {}
+    return {str(k): float(v) for k, v in numbers_.items() if _as_float(v) is not None}
+
+
+def _instantiate(name: str, cls: type, kwargs: dict[str, Any]) -> Any:
+    try:
+        instance = cls(**kwargs)
+    except Exception as exc:
+        raise RewardSpecError(
+            f"reward function {name!r}: building {cls.__qualname__}(**{kwargs!r}) raised "
+            f"{type(exc).__name__}: {exc}; the kwargs of a class reward are its constructor's "
+            f"parameters ({_parameters_of(cls)})"
         ) from exc
-    return _check_output(rf, output, batch)
+    if not callable(instance):
+        raise RewardSpecError(
+            f"reward function {name!r}: {cls.__qualname__} instances are not callable; give "
+            "the class a __call__(self, prompts, completions, **columns) method"
+        )
+    return instance
+
+
+def _parameters_of(cls: type) -> str:
+    try:
+        parameters = list(inspect.signature(cls).parameters)
+    except (TypeError, ValueError):
+        return "unknown"
+    return ", ".join(parameters) or "none"
 
 
 def _check_output(rf: RewardFunction, output: Any, batch: _Batch) -> list[float | None]:

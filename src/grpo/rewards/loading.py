@@ -34,14 +34,16 @@ def resolve_reward(spec: str) -> Callable[..., Any]:
 
     `spec` is one of:
 
-    - a built-in name: "accuracy", "format", "reasoning_length";
+    - a built-in name: "accuracy", "format", "reasoning_length" (functions), "math", "code",
+      "reward_model" (classes: `RewardFunction` builds them with the config's kwargs);
     - "package.module:function": the module is imported normally (it must be on sys.path);
     - "path/to/file.py:function": the file is loaded from its path (relative to the working
       directory); its folder is on sys.path while the file runs, so it can import its
       neighbours at the top. Loading the same file twice gives the same module.
 
-    The part after ":" may be dotted ("module:Class.method"). Raises `RewardSpecError` naming
-    the spec when it cannot be resolved or does not name a callable.
+    The part after ":" may be dotted ("module:Class.method"); it may name a class, which
+    `RewardFunction` then builds with the kwargs. Raises `RewardSpecError` naming the spec when
+    it cannot be resolved or does not name a callable.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise RewardSpecError(

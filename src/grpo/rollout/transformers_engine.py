@@ -67,7 +67,8 @@ class TransformersEngine:
             do_sample=sample,
             temperature=s.temperature if sample else None,
             top_p=s.top_p if sample else None,
-            top_k=(s.top_k or None) if sample else None,
+            # 0, not None: generate fills None with transformers' global default top_k = 50.
+            top_k=s.top_k if sample else None,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=sorted(self.eos_ids) or None,
             stop_strings=list(s.stop) or None,
@@ -105,12 +106,20 @@ class TransformersEngine:
             input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             attention[i, width - len(r) :] = 1
         device = self.model.device
-        out = self.model.generate(
-            input_ids=input_ids.to(device),
-            attention_mask=attention.to(device),
-            generation_config=gen_cfg,
-            tokenizer=self.tokenizer if settings.stop else None,
-        )
+        # generate() fills every unset field from the checkpoint's generation_config.json
+        # (top_k, top_p, temperature, repetition_penalty, ...): sampling would then differ from
+        # the softmax(logits / T) the trainer scores. Hide those defaults during the call.
+        checkpoint_defaults = self.model.generation_config
+        self.model.generation_config = GenerationConfig()
+        try:
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention.to(device),
+                generation_config=gen_cfg,
+                tokenizer=self.tokenizer if settings.stop else None,
+            )
+        finally:
+            self.model.generation_config = checkpoint_defaults
         new_tokens = out[:, width:].tolist()
         return [self._finish(tokens, settings) for tokens in new_tokens]
 

@@ -23,7 +23,7 @@ class RolloutBatch:
     attention_mask: Tensor  # [B, P + T], 1 on real tokens
     completion_mask: Tensor  # [B, T], 1 on completion tokens that enter the loss
     prompt_width: int  # P
-    advantages: Tensor  # [B]
+    advantages: Tensor  # [B], or [B, T] for token-level (process) advantages
     old_logprobs: Tensor | None = None  # [B, T] when mu > 1
     ref_logprobs: Tensor | None = None  # [B, T] when beta > 0
 
@@ -47,13 +47,16 @@ class RolloutBatch:
         keep_t = int(used.max()) if len(used) else 0
         keep_t = max(keep_t, 1)
         cols = slice(drop_left, P + keep_t)
+        adv = self.advantages[index]
+        if adv.dim() == 2:
+            adv = adv[:, :keep_t]
         return replace(
             self,
             input_ids=ids[:, cols],
             attention_mask=attn[:, cols],
             completion_mask=cmask[:, :keep_t],
             prompt_width=P - drop_left,
-            advantages=self.advantages[index],
+            advantages=adv,
             old_logprobs=None
             if self.old_logprobs is None
             else self.old_logprobs[index][:, :keep_t],

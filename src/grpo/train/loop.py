@@ -15,7 +15,9 @@ import json
 import math
 import random
 import time
-from dataclasses import dataclass
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -25,15 +27,27 @@ from transformers import PreTrainedModel
 
 from grpo.config import GRPOConfig, to_yaml, uses_reference_model
 from grpo.core import (
+    AdvantageOutput,
     LossStats,
     beta_at,
     compute_advantages,
     grpo_loss,
+    informative_groups,
+    kl_reward_penalty,
     loss_normalizer,
     lr_lambda_warmup_cosine,
+    mask_truncated,
+    process_advantages,
 )
-from grpo.rewards import RewardFunction, completion_text, score_completions
-from grpo.rollout.base import RolloutEngine, SamplingSettings
+from grpo.rewards import (
+    RewardFunction,
+    RewardScores,
+    completion_text,
+    resolve_reward,
+    score_completions,
+)
+from grpo.rewards.step_rewards import steps_to_token_ends
+from grpo.rollout.base import Completion, RolloutEngine, SamplingSettings
 from grpo.rollout.transformers_engine import TransformersEngine
 from grpo.train.batch import RolloutBatch, build_batch
 from grpo.train.evaluate import evaluate_accuracy
@@ -69,6 +83,14 @@ class Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     compute_dtype: torch.dtype | None
     log: RunLog
+    step_fn: Callable[..., Any] | None = None  # advantage = process: the step reward function
+    # this step's seconds per phase and generated tokens (dynamic sampling repeats rounds)
+    step_counters: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def timed(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.step_counters[phase] += now - since
+        return now
 
 
 def make_run_dir(pattern: str) -> Path:
@@ -80,7 +102,13 @@ def make_run_dir(pattern: str) -> Path:
 
 def build_reward_functions(cfg: GRPOConfig) -> list[RewardFunction]:
     fns = [
-        RewardFunction.from_spec(r.name, weight=r.weight, kwargs=dict(r.kwargs))
+        RewardFunction.from_spec(
+            r.name,
+            weight=r.weight,
+            kwargs=dict(r.kwargs),
+            timeout_s=r.timeout_s,
+            on_error=r.on_error,
+        )
         for r in cfg.rewards
     ]
     names = [f.name for f in fns]
@@ -161,6 +189,7 @@ def setup(cfg: GRPOConfig) -> Run:
         scheduler=scheduler,
         compute_dtype=compute_dtype,
         log=RunLog(run_dir, cfg.train.steps, progress_bar=cfg.log.progress_bar),
+        step_fn=resolve_reward(cfg.algorithm.step_reward) if cfg.algorithm.step_reward else None,
     )
 
 
@@ -193,42 +222,143 @@ def evaluate(run: Run, step: int) -> dict[str, float]:
     return result.as_metrics()
 
 
-def rl_step(run: Run, step: int, row_ids: list[int]) -> dict[str, float]:
-    """One GRPO step on the prompts ``row_ids``; returns the step's metrics."""
-    cfg, G = run.cfg, run.cfg.algorithm.group_size
-    a = cfg.algorithm
-    t0 = time.perf_counter()
+@dataclass
+class Sampled:
+    """Prompts of one step with their G completions each (group-contiguous) and scores."""
 
-    # 1. sample G completions per prompt
-    groups = run.engine.generate(
-        [run.train_prompt_ids[i] for i in row_ids], sampling_settings(cfg, step)
-    )
-    completions = [c for g in groups for c in g]
-    t_gen = time.perf_counter()
+    row_ids: list[int]  # one dataset row per group
+    completions: list[Completion]  # B = len(row_ids) * G
+    scores: RewardScores
 
-    # 2. score them
+    def groups(self, keep: list[int], G: int) -> Sampled:
+        idx = [g * G + j for g in keep for j in range(G)]
+        t = torch.tensor(idx, dtype=torch.long)
+        return Sampled(
+            row_ids=[self.row_ids[g] for g in keep],
+            completions=[self.completions[i] for i in idx],
+            scores=RewardScores(
+                total=self.scores.total[t],
+                per_function={k: v[t] for k, v in self.scores.per_function.items()},
+                errors=self.scores.errors,
+                extra=self.scores.extra,
+            ),
+        )
+
+    @staticmethod
+    def concat(parts: list[Sampled]) -> Sampled:
+        first = parts[0].scores
+        return Sampled(
+            row_ids=[r for p in parts for r in p.row_ids],
+            completions=[c for p in parts for c in p.completions],
+            scores=RewardScores(
+                total=torch.cat([p.scores.total for p in parts]),
+                per_function={
+                    k: torch.cat([p.scores.per_function[k] for p in parts])
+                    for k in first.per_function
+                },
+                errors=first.errors,
+                extra=first.extra,
+            ),
+        )
+
+
+# Keyword arguments the trainer gives reward functions besides the dataset columns.
+TRAINER_COLUMNS = ("group_ids", "completion_ids", "completion_lengths")
+
+
+def reward_inputs(
+    run: Run, row_ids: list[int], completions: list[Completion]
+) -> tuple[list[Any], list[str], dict[str, list[Any]]]:
+    """(prompts, completion texts, columns) aligned with the B completions."""
+    G, pc = run.cfg.algorithm.group_size, run.cfg.data.prompt_column
     rows = [run.train_rows[i] for i in row_ids for _ in range(G)]
-    columns = {k: [r[k] for r in rows] for k in rows[0] if k != cfg.data.prompt_column}
-    scores = score_completions(
-        run.reward_fns,
-        [r[cfg.data.prompt_column] for r in rows],
-        [c.text for c in completions],
-        columns,
-        row_ids=[i for i in row_ids for _ in range(G)],
-    )
-    # 3. group-relative advantages (NaN rewards are left out of their group and get 0)
-    adv = compute_advantages(
-        a.advantage, scores.total, G, scale=a.scale_rewards, eps=a.advantage_eps
-    )
-    t_score = time.perf_counter()
+    columns = {k: [r[k] for r in rows] for k in rows[0] if k != pc}
+    clash = sorted(set(columns) & set(TRAINER_COLUMNS))
+    if clash:
+        raise ValueError(
+            f"dataset columns {clash} clash with arguments the trainer passes to reward "
+            "functions; rename them"
+        )
+    columns["group_ids"] = [g for g in range(len(row_ids)) for _ in range(G)]
+    columns["completion_ids"] = [c.token_ids for c in completions]
+    columns["completion_lengths"] = [len(c.token_ids) for c in completions]
+    return [r[pc] for r in rows], [c.text for c in completions], columns
 
-    # 4. tensors, reference log-probs, and mu updates over micro-batches
+
+def sample_and_score(run: Run, step: int, row_ids: list[int], round_: int) -> Sampled:
+    cfg, G = run.cfg, run.cfg.algorithm.group_size
+    settings = sampling_settings(cfg, step * 101 + round_)
+    t = time.perf_counter()
+    groups = run.engine.generate([run.train_prompt_ids[i] for i in row_ids], settings)
+    t = run.timed("time/generate", t)
+    completions = [c for g in groups for c in g]
+    run.step_counters["tokens"] += sum(len(c.token_ids) for c in completions)
+    prompts, texts, columns = reward_inputs(run, row_ids, completions)
+    scores = score_completions(
+        run.reward_fns, prompts, texts, columns, row_ids=[i for i in row_ids for _ in range(G)]
+    )
+    run.timed("time/score", t)
+    return Sampled(row_ids, completions, scores)
+
+
+def collect_rollout(
+    run: Run, step: int, batches: Iterator[list[int]]
+) -> tuple[Sampled, Sampled, dict[str, float]]:
+    """(training batch, first sampling round, metrics).
+
+    Without dynamic sampling, one round. With it (DAPO, arXiv 2503.14476 section 3.2), groups
+    whose rewards all agree carry no signal and are dropped; new prompts are sampled for up to
+    ``dynamic_sampling_rounds`` extra rounds until the batch has its number of groups. If the
+    rounds run out, the step trains on the informative groups found (or, if none, on the
+    first round, whose groups then contribute KL only).
+    """
+    cfg, G = run.cfg, run.cfg.algorithm.group_size
+    want = cfg.train.batch_size // G
+    first = sample_and_score(run, step, next(batches), 0)
+    if cfg.algorithm.dynamic_sampling_rounds == 0:
+        return first, first, {}
+    kept: list[Sampled] = []
+    have, rounds, consumed, current = 0, 1, want, first
+    while True:
+        informative = informative_groups(current.scores.total, G).tolist()
+        keep = [g for g, ok in enumerate(informative) if ok][: want - have]
+        if keep:
+            kept.append(current.groups(keep, G))
+            have += len(keep)
+        if have >= want or rounds > cfg.algorithm.dynamic_sampling_rounds:
+            break
+        current = sample_and_score(run, step, next(batches), rounds)
+        rounds += 1
+        consumed += want
+    batch = Sampled.concat(kept) if kept else first
+    metrics = {
+        "dynamic_sampling/rounds": rounds,
+        "dynamic_sampling/prompts_consumed": consumed,
+        "dynamic_sampling/groups_kept": have,
+    }
+    return batch, first, metrics
+
+
+def rl_step(run: Run, step: int, batches: Iterator[list[int]]) -> dict[str, float]:
+    """One GRPO step; returns the step's metrics."""
+    cfg, G, a = run.cfg, run.cfg.algorithm.group_size, run.cfg.algorithm
+    t0 = time.perf_counter()
+    run.step_counters.clear()
+
+    # 1-2. sample G completions per prompt and score them (dynamic sampling may repeat this)
+    sampled, first, ds_metrics = collect_rollout(run, step, batches)
+    completions = sampled.completions
+    t = time.perf_counter()
+    prompt_ids = [run.train_prompt_ids[i] for i in sampled.row_ids for _ in range(G)]
     batch = build_batch(
-        [run.train_prompt_ids[i] for i in row_ids for _ in range(G)],
+        prompt_ids,
         [c.token_ids for c in completions],
-        adv.advantages,
+        torch.zeros(len(completions)),
         run.tokenizer.pad_token_id,
     )
+    truncated = torch.tensor([c.finish_reason == "length" for c in completions])
+    if a.mask_truncated:
+        batch.completion_mask = mask_truncated(batch.completion_mask, truncated)
     beta = beta_at(
         step,
         cfg.train.steps,
@@ -237,49 +367,91 @@ def rl_step(run: Run, step: int, row_ids: list[int]) -> dict[str, float]:
         beta_start=a.beta_start,
         beta_end=a.beta_end,
     )
-    micro = batch.micro_batches(cfg.train.micro_batch_size)
+
+    # 3. reference log-probs (beta > 0 only), then rewards -> group-relative advantages
+    rewards = sampled.scores.total
+    extra: dict[str, float] = {}
     if run.reference is not None:
-        for mb in micro:
-            mb.ref_logprobs = reference_logprobs(run, mb)
-    update_metrics = update_policy(run, micro, batch, beta)
+        batch.ref_logprobs = batch_logprobs(run, run.reference, batch)
+    if a.kl_in_reward:
+        assert batch.ref_logprobs is not None
+        sampling_logp = batch_logprobs(run, run.model, batch)
+        penalty = kl_reward_penalty(
+            sampling_logp, batch.ref_logprobs, batch.completion_mask, beta, a.kl_estimator
+        )
+        rewards = rewards - penalty
+        extra["kl_reward_penalty"] = float(penalty.mean())
+    t = run.timed("time/reference", t)
+    adv = advantages(run, sampled, rewards, batch)
+    batch.advantages = adv.advantages
+    t = run.timed("time/score", t)
+
+    # 4. mu updates over micro-batches, then the engine gets the new weights
+    micro = batch.micro_batches(cfg.train.micro_batch_size)
+    update_metrics = update_policy(run, micro, batch, 0.0 if a.kl_in_reward else beta)
     run.engine.sync_weights(run.model)
-    t_update = time.perf_counter()
+    t_update = run.timed("time/update", t)
 
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
-    n_tokens = int(lengths.sum())
+    n_tokens = run.step_counters["tokens"]
     metrics: dict[str, float] = {
-        **scores.metrics(),
+        **first.scores.metrics(),
         "frac_zero_std": adv.frac_zero_std,
+        **ds_metrics,
+        **extra,
         **update_metrics,
         "beta": beta,
         "lr": run.scheduler.get_last_lr()[0],
         "completion_len/mean": float(lengths.mean()),
         "completion_len/max": float(lengths.max()),
-        "truncated_frac": sum(c.finish_reason == "length" for c in completions) / len(completions),
-        "tokens": n_tokens,
+        "truncated_frac": float(truncated.float().mean()),
         "tokens_per_s": n_tokens / (t_update - t0),
-        "generate_tokens_per_s": n_tokens / max(t_gen - t0, 1e-9),
-        "time/generate": t_gen - t0,
-        "time/score": t_score - t_gen,
-        "time/update": t_update - t_score,
+        "generate_tokens_per_s": n_tokens / max(run.step_counters["time/generate"], 1e-9),
+        **run.step_counters,
         "time/step": t_update - t0,
     }
-    k = min(cfg.log.samples_per_step, len(completions))
+    log_samples(run, step, sampled, adv.advantages)
+    return metrics
+
+
+def advantages(
+    run: Run, sampled: Sampled, rewards: torch.Tensor, batch: RolloutBatch
+) -> AdvantageOutput:
+    """Outcome estimators from the rewards [B]; ``process`` from step rewards, per token."""
+    a, G = run.cfg.algorithm, run.cfg.algorithm.group_size
+    if a.advantage != "process":
+        kw: dict[str, Any] = {"eps": a.advantage_eps}
+        if a.advantage == "grpo":
+            kw["scale"] = a.scale_rewards
+        return compute_advantages(a.advantage, rewards, G, **kw)
+    assert run.step_fn is not None
+    prompts, texts, columns = reward_inputs(run, sampled.row_ids, sampled.completions)
+    steps = run.step_fn(prompts=prompts, completions=texts, **columns, **a.step_reward_kwargs)
+    token_ids = [c.token_ids for c in sampled.completions]
+    step_rewards, step_ends = steps_to_token_ends(steps, token_ids, run.tokenizer)
+    return process_advantages(
+        step_rewards, step_ends, G, batch.completion_width, eps=a.advantage_eps
+    )
+
+
+def log_samples(run: Run, step: int, sampled: Sampled, adv: torch.Tensor) -> None:
+    k = min(run.cfg.log.samples_per_step, len(sampled.completions))
+    G, pc = run.cfg.algorithm.group_size, run.cfg.data.prompt_column
+    s = sampled.scores
     run.log.samples(
         step,
         [
             {
-                "prompt": completion_text(rows[i][cfg.data.prompt_column]),
-                "completion": completions[i].text,
-                "reward": _num(scores.total[i]),
-                **{f"reward/{n}": _num(v[i]) for n, v in scores.per_function.items()},
-                "advantage": float(adv.advantages[i]),
-                "finish_reason": completions[i].finish_reason,
+                "prompt": completion_text(run.train_rows[sampled.row_ids[i // G]][pc]),
+                "completion": sampled.completions[i].text,
+                "reward": _num(s.total[i]),
+                **{f"reward/{n}": _num(v[i]) for n, v in s.per_function.items()},
+                "advantage": float(adv[i].sum()) if adv.dim() == 2 else float(adv[i]),
+                "finish_reason": sampled.completions[i].finish_reason,
             }
             for i in range(k)
         ],
     )
-    return metrics
 
 
 def _num(x: torch.Tensor) -> float | None:
@@ -288,15 +460,17 @@ def _num(x: torch.Tensor) -> float | None:
 
 
 @torch.no_grad()
-def reference_logprobs(run: Run, mb: RolloutBatch) -> torch.Tensor:
-    assert run.reference is not None
-    logp, _ = completion_logprobs(
-        run.reference,
-        mb,
-        autocast_dtype=run.compute_dtype,
-        temperature=run.cfg.rollout.temperature,
-    )
-    return logp
+def batch_logprobs(run: Run, model: PreTrainedModel, batch: RolloutBatch) -> torch.Tensor:
+    """[B, T] log-probs of the completion tokens under ``model``, micro-batch by micro-batch."""
+    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+    size = run.cfg.train.micro_batch_size
+    for start in range(0, batch.num_rows, size):
+        mb = batch.rows(slice(start, start + size))
+        logp, _ = completion_logprobs(
+            model, mb, autocast_dtype=run.compute_dtype, temperature=run.cfg.rollout.temperature
+        )
+        out[start : start + size, : logp.shape[1]] = logp.cpu()
+    return out
 
 
 def update_policy(
@@ -311,9 +485,11 @@ def update_policy(
     cfg, a = run.cfg, run.cfg.algorithm
     normalizer = loss_normalizer(
         a.loss_aggregation,
-        num_sequences=batch.num_rows,
+        # rows with no token left in the loss (masked truncations) do not count
+        num_sequences=int((batch.completion_mask.sum(1) > 0).sum()),
         num_tokens=int(batch.completion_mask.sum()),
         max_completion_length=cfg.rollout.max_new_tokens,
+        num_micro_batches=len(micro),
     )
     params = [p for p in run.model.parameters() if p.requires_grad]
     device = run.model.device
@@ -344,6 +520,7 @@ def update_policy(
                 aggregation=a.loss_aggregation,
                 normalizer=normalizer,
                 kl_estimator=a.kl_estimator,
+                dual_clip_c=a.dual_clip_c,
             )
             loss.backward()
             stats = stats + mb_stats
@@ -357,6 +534,16 @@ def update_policy(
         run.optimizer.zero_grad(set_to_none=True)
         if iteration == 0:
             out = {**stats.finalize(), "grad_norm": float(grad_norm)}
+        elif iteration == a.num_iterations - 1:
+            # the later passes are where the ratio moves away from 1 and clipping acts
+            last = stats.finalize()
+            out.update(
+                {
+                    f"last_iteration/{k}": v
+                    for k, v in last.items()
+                    if "clip" in k or k == "ratio_mean"
+                }
+            )
     out["entropy"] = entropy_sum / max(entropy_tokens, 1.0)
     return out
 
@@ -380,7 +567,7 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     train_seconds = 0.0
     steps_done = 0
     for step in range(1, cfg.train.steps + 1):
-        metrics = rl_step(run, step, next(batches))
+        metrics = rl_step(run, step, batches)
         tokens += int(metrics["tokens"])
         train_seconds += metrics["time/step"]
         steps_done = step
@@ -399,6 +586,10 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     if after:
         log.metrics(steps_done, after)
     log.close()
+    for rf in run.reward_fns:  # worker pools, models
+        close = getattr(rf.fn, "close", None)
+        if callable(close):
+            close()
 
     summary: dict[str, Any] = {
         "run_dir": str(run.run_dir),

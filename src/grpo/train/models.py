@@ -17,13 +17,14 @@ def resolve_model_path(name_or_path: str) -> str:
     if not name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
     name = name_or_path[len(BUILTIN_PREFIX) :]
-    path = Path(str(resources.files("grpo") / "assets" / name))
+    assets = Path(str(resources.files("grpo") / "assets"))
+    path = assets / name
     if not (path / "config.json").is_file():
-        shipped = sorted(
-            p.name for p in Path(str(resources.files("grpo") / "assets")).iterdir() if p.is_dir()
-        )
+        # the listing must not fail itself when no model is shipped at all
+        shipped = sorted(p.name for p in assets.iterdir() if p.is_dir()) if assets.is_dir() else []
         raise FileNotFoundError(
-            f"model.name_or_path: no built-in model {name!r}; shipped: {', '.join(shipped)}"
+            f"model.name_or_path: no built-in model {name!r}; "
+            f"shipped: {', '.join(shipped) or 'none'}"
         )
     return str(path)
 

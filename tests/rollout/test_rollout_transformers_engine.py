@@ -1,0 +1,268 @@
+"""TransformersEngine on the real tiny Llama: order, greedy decoding, stops, seeds, chunking."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from grpo.rollout.base import Completion, SamplingSettings
+from grpo.rollout.transformers_engine import TransformersEngine, _stop_cut
+
+PROMPTS = ["Q: 12+7\n", "Hello", "<think>", "a", "Q: 99-45+3\n"]
+
+
+@pytest.fixture
+def prompt_ids(tokenizer):
+    ids = [tokenizer(p)["input_ids"] for p in PROMPTS]
+    assert len({len(i) for i in ids}) > 2  # different lengths: the batch is left-padded
+    return ids
+
+
+@torch.no_grad()
+def manual_greedy(model, ids: list[int], max_new_tokens: int, eos: set[int]) -> list[int]:
+    """argmax decoding, one unpadded full forward pass per token, no KV cache."""
+    seq = list(ids)
+    out: list[int] = []
+    for _ in range(max_new_tokens):
+        logits = model(input_ids=torch.tensor([seq]), use_cache=False).logits[0, -1]
+        t = int(logits.argmax())
+        out.append(t)
+        seq.append(t)
+        if t in eos:
+            break
+    return out
+
+
+def greedy(n: int = 1, max_new_tokens: int = 12, **kw) -> SamplingSettings:
+    return SamplingSettings(n=n, temperature=0.0, max_new_tokens=max_new_tokens, **kw)
+
+
+def test_requires_pad_token(tiny_model, tokenizer):
+    tokenizer.pad_token = None
+    with pytest.raises(ValueError, match="pad token"):
+        TransformersEngine(tiny_model, tokenizer)
+
+
+def test_n_completions_per_prompt_in_order(tiny_model, tokenizer, prompt_ids):
+    engine = TransformersEngine(tiny_model, tokenizer)
+    out = engine.generate(prompt_ids, greedy(n=3))
+    assert len(out) == len(PROMPTS)
+    assert all(len(g) == 3 for g in out)
+    for g, ids in zip(out, prompt_ids, strict=True):
+        assert all(isinstance(c, Completion) for c in g)
+        # greedy: all samples of a prompt agree, and each is that prompt's own continuation
+        assert g[0].token_ids == g[1].token_ids == g[2].token_ids
+        assert g[0].token_ids == manual_greedy(tiny_model, ids, 12, engine.eos_ids)
+    # different prompts give different continuations, so a mix-up would be seen
+    assert len({tuple(g[0].token_ids) for g in out}) == len(PROMPTS)
+
+
+def test_greedy_equals_manual_loop(any_tiny_model, tokenizer, prompt_ids):
+    """Left-padded batched generation with a KV cache = one unpadded prompt at a time.
+
+    Also on GPT-2, whose absolute positions would expose wrong position ids for padded rows."""
+    model = any_tiny_model
+    engine = TransformersEngine(model, tokenizer)
+    out = engine.generate(prompt_ids, greedy(max_new_tokens=16))
+    for (c,), ids in zip(out, prompt_ids, strict=True):
+        want = manual_greedy(model, ids, 16, engine.eos_ids)
+        assert c.token_ids == want
+        assert c.text == tokenizer.decode(want, skip_special_tokens=True)
+        assert c.finish_reason == ("stop" if want[-1] in engine.eos_ids else "length")
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 16
+    assert len({tuple(c.token_ids) for (c,) in out}) == len(PROMPTS)
+    assert model.training is False
+
+
+def test_engine_restores_training_mode(tiny_model, tokenizer, prompt_ids):
+    tiny_model.train()
+    TransformersEngine(tiny_model, tokenizer).generate(prompt_ids[:1], greedy(max_new_tokens=2))
+    assert tiny_model.training is True
+
+
+def test_eos_stops_with_reason_stop(tiny_model, tokenizer, prompt_ids):
+    """Make the 4th greedy token of prompt 0 the EOS id: that row stops there, others run on."""
+    free = manual_greedy(tiny_model, prompt_ids[0], 12, set())
+    eos = free[3]
+    assert eos not in free[:3]
+    tiny_model.generation_config.eos_token_id = eos
+    engine = TransformersEngine(tiny_model, tokenizer)
+    assert engine.eos_ids == {eos}
+    out = engine.generate(prompt_ids, greedy())
+    first = out[0][0]
+    assert first.finish_reason == "stop"
+    assert first.token_ids == free[:4]  # the EOS token itself is kept
+    assert first.token_ids[-1] == eos
+    for (c,), ids in zip(out[1:], prompt_ids[1:], strict=True):
+        want = manual_greedy(tiny_model, ids, 12, {eos})
+        assert c.token_ids == want
+        assert c.finish_reason == ("stop" if want[-1] == eos else "length")
+        if c.finish_reason == "length":
+            assert len(c.token_ids) == 12
+
+
+def test_sampled_rows_end_at_eos_or_length(tiny_model, tokenizer, prompt_ids):
+    engine = TransformersEngine(tiny_model, tokenizer)
+    eos = tokenizer.eos_token_id
+    assert engine.eos_ids == {eos}
+    out = engine.generate(prompt_ids, SamplingSettings(n=8, max_new_tokens=24, seed=7))
+    reasons = []
+    for g in out:
+        for c in g:
+            reasons.append(c.finish_reason)
+            if c.finish_reason == "stop":
+                assert c.token_ids[-1] == eos and eos not in c.token_ids[:-1]
+            else:
+                assert len(c.token_ids) == 24 and eos not in c.token_ids
+    assert "length" in reasons
+
+
+def test_ignore_eos_gives_max_new_tokens_everywhere(tiny_model, tokenizer, prompt_ids):
+    free = manual_greedy(tiny_model, prompt_ids[0], 12, set())
+    eos = free[1]  # greedy would stop at the second token
+    tiny_model.generation_config.eos_token_id = eos
+    engine = TransformersEngine(tiny_model, tokenizer)
+    out = engine.generate(prompt_ids, greedy(n=2, ignore_eos=True))
+    for g in out:
+        for c in g:
+            assert len(c.token_ids) == 12
+            assert c.finish_reason == "length"
+            assert eos not in c.token_ids  # EOS is forbidden, not merely ignored afterwards
+    sampled = engine.generate(prompt_ids, SamplingSettings(n=4, max_new_tokens=9, ignore_eos=True))
+    assert all(len(c.token_ids) == 9 for g in sampled for c in g)
+
+
+def test_stop_string_cuts_right_after_match(tiny_model, tokenizer, prompt_ids):
+    # greedy continuation of "Hello" begins "7nn_4_4vAV88"; stop at the first "_4"
+    free = manual_greedy(tiny_model, prompt_ids[1], 16, set())
+    pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in free]
+    text = "".join(pieces)
+    stop = "_4"
+    assert stop in text, text
+    end = text.index(stop) + len(stop)
+    # the shortest token prefix whose text reaches `end`
+    k = next(i + 1 for i in range(len(free)) if len("".join(pieces[: i + 1])) >= end)
+    engine = TransformersEngine(tiny_model, tokenizer)
+    out = engine.generate(prompt_ids, greedy(max_new_tokens=16, stop=(stop,)))
+    c = out[1][0]
+    assert c.finish_reason == "stop"
+    assert c.token_ids == free[:k]
+    assert c.text == text[:end] and c.text.endswith(stop)
+    # rows whose text never contains the stop string run to the limit unchanged
+    for (other,), ids in zip(out, prompt_ids, strict=True):
+        full = manual_greedy(tiny_model, ids, 16, engine.eos_ids)
+        if stop not in tokenizer.decode(full, skip_special_tokens=True):
+            assert other.token_ids == full and other.finish_reason == "length"
+
+
+def test_stop_cut_on_multi_char_tokens(tokenizer):
+    ids = tokenizer("ab</answer>cd", add_special_tokens=False)["input_ids"]
+    assert len(ids) == 5  # a, b, </answer>, c, d
+    assert _stop_cut(ids, ("</answer>",), tokenizer) == 3
+    assert _stop_cut(ids, ("swe",), tokenizer) == 3  # inside the tag token: keep the whole tag
+    assert _stop_cut(ids, ("b",), tokenizer) == 2
+    assert _stop_cut(ids, ("c", "a"), tokenizer) == 1  # the earliest of several stop strings
+    assert _stop_cut(ids, ("zz",), tokenizer) is None
+
+
+def test_seed_reproducible(tiny_model, tokenizer, prompt_ids):
+    engine = TransformersEngine(tiny_model, tokenizer)
+    s = SamplingSettings(n=4, temperature=1.0, max_new_tokens=10, seed=123)
+    a = engine.generate(prompt_ids, s)
+    torch.manual_seed(999)  # the global RNG state in between does not matter
+    b = engine.generate(prompt_ids, s)
+    ids = lambda out: [c.token_ids for g in out for c in g]  # noqa: E731
+    assert ids(a) == ids(b)
+    c = engine.generate(prompt_ids, SamplingSettings(n=4, max_new_tokens=10, seed=124))
+    assert ids(c) != ids(a)
+    # sampling actually samples: a prompt's samples differ among themselves
+    assert len({tuple(x.token_ids) for x in a[0]}) > 1
+
+
+@pytest.mark.parametrize(("n", "max_rows"), [(1, 2), (2, 3), (3, 2)])
+def test_chunking_gives_same_greedy_output(any_tiny_model, tokenizer, prompt_ids, n, max_rows):
+    whole = TransformersEngine(any_tiny_model, tokenizer, max_batch_rows=256)
+    chunked = TransformersEngine(any_tiny_model, tokenizer, max_batch_rows=max_rows)
+    a = whole.generate(prompt_ids, greedy(n=n))
+    b = chunked.generate(prompt_ids, greedy(n=n))
+    assert [[c.token_ids for c in g] for g in a] == [[c.token_ids for c in g] for g in b]
+    assert [len(g) for g in b] == [n] * len(PROMPTS)
+
+
+def test_sync_weights_copies_another_module(tiny_model, tiny_model_dir, tokenizer):
+    from grpo.train.models import load_policy
+
+    other = load_policy(str(tiny_model_dir), torch.device("cpu"))
+    with torch.no_grad():
+        for p in other.parameters():
+            p.mul_(0.5)
+    engine = TransformersEngine(tiny_model, tokenizer)
+    engine.sync_weights(tiny_model)  # the trained module itself: nothing to copy
+    engine.sync_weights(other)
+    for (name, a), b in zip(tiny_model.named_parameters(), other.parameters(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def _record_scores(model, monkeypatch) -> list[torch.Tensor]:
+    """Make model.generate also keep the processed next-token scores of each step."""
+    scores: list[torch.Tensor] = []
+    original = model.generate
+
+    def generate(**kw):
+        cfg = copy.deepcopy(kw.pop("generation_config"))
+        cfg.output_scores = True
+        cfg.return_dict_in_generate = True
+        out = original(generation_config=cfg, **kw)
+        scores.extend(out.scores)
+        return out.sequences
+
+    monkeypatch.setattr(model, "generate", generate)
+    return scores
+
+
+def _checkpoint_sampling_defaults(model) -> None:
+    """What a checkpoint's generation_config.json often carries (e.g. instruct models)."""
+    gc = model.generation_config
+    gc.do_sample, gc.temperature, gc.top_k, gc.top_p = True, 0.01, 3, 0.5
+    gc.repetition_penalty = 3.0
+
+
+@pytest.mark.parametrize("temperature", [0.7, 1.0])
+def test_samples_from_the_full_tempered_softmax(
+    tiny_model, tokenizer, prompt_ids, monkeypatch, temperature
+):
+    """top_k = 0 and top_p = 1 mean the whole distribution softmax(logits / T): the one the
+    trainer scores. Neither transformers' default top_k = 50 nor the checkpoint's
+    generation_config.json may change it."""
+    _checkpoint_sampling_defaults(tiny_model)
+    checkpoint_cfg = tiny_model.generation_config
+    scores = _record_scores(tiny_model, monkeypatch)
+    engine = TransformersEngine(tiny_model, tokenizer)
+    engine.generate(prompt_ids, SamplingSettings(temperature=temperature, max_new_tokens=1, seed=0))
+    (first,) = scores  # [rows, V] processed scores of the first new token
+    assert torch.isfinite(first).all(), "tokens were filtered out of the sampling distribution"
+    with torch.no_grad():
+        for row, ids in enumerate(prompt_ids):
+            logits = tiny_model(input_ids=torch.tensor([ids])).logits[0, -1]
+            want = torch.log_softmax(logits / temperature, -1)
+            got = torch.log_softmax(first[row].float(), -1)
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
+    assert tiny_model.generation_config is checkpoint_cfg  # restored after the call
+
+
+def test_top_k_setting_is_applied(tiny_model, tokenizer, prompt_ids, monkeypatch):
+    scores = _record_scores(tiny_model, monkeypatch)
+    engine = TransformersEngine(tiny_model, tokenizer)
+    engine.generate(prompt_ids, SamplingSettings(top_k=5, max_new_tokens=1, seed=0))
+    assert (torch.isfinite(scores[0]).sum(-1) == 5).all()
+
+
+def test_checkpoint_generation_config_does_not_change_greedy(tiny_model, tokenizer, prompt_ids):
+    plain = TransformersEngine(tiny_model, tokenizer).generate(prompt_ids, greedy())
+    _checkpoint_sampling_defaults(tiny_model)  # repetition_penalty 3 would change argmax picks
+    engine = TransformersEngine(tiny_model, tokenizer)
+    out = engine.generate(prompt_ids, greedy())
+    assert [g[0].token_ids for g in out] == [g[0].token_ids for g in plain]

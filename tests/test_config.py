@@ -1,0 +1,233 @@
+"""The typed config tree: defaults, YAML, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+
+from grpo.config import (
+    BUILTIN_MODEL,
+    ConfigError,
+    GRPOConfig,
+    RewardConfig,
+    field_docs,
+    load_config,
+    uses_reference_model,
+)
+
+
+def test_defaults_load_and_validate():
+    cfg = load_config()
+    assert isinstance(cfg, GRPOConfig)
+    assert cfg.model.name_or_path == BUILTIN_MODEL
+    assert cfg.algorithm.group_size == 8
+    assert cfg.train.batch_size == 64
+    assert cfg.algorithm.loss_aggregation == "seq_mean_token_mean"
+    assert cfg.rollout.stop == []
+    assert [(r.name, r.weight) for r in cfg.rewards] == [("accuracy", 1.0), ("format", 0.2)]
+    assert all(isinstance(r, RewardConfig) for r in cfg.rewards)
+
+
+def test_defaults_are_not_shared_between_loads():
+    a = load_config()
+    a.rollout.stop.append("</answer>")
+    a.rewards[0].weight = 5.0
+    b = load_config()
+    assert b.rollout.stop == []
+    assert b.rewards[0].weight == 1.0
+
+
+def test_yaml_then_overrides_later_wins(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "algorithm:\n  group_size: 4\n  beta: 0.0\n"
+        "train:\n  batch_size: 16\n  steps: 7\n"
+        "rollout:\n  stop: ['</answer>']\n"
+    )
+    cfg = load_config(path, ["train.steps=9", "algorithm.group_size=2", "train.steps=11"])
+    assert cfg.train.steps == 11  # the last override of a key wins
+    assert cfg.algorithm.group_size == 2  # override beats the file
+    assert cfg.algorithm.beta == 0.0  # the file beats the default
+    assert cfg.train.batch_size == 16
+    assert cfg.rollout.stop == ["</answer>"]
+    assert cfg.optim.lr == 2e-4  # untouched default
+
+
+def test_override_values_use_omegaconf_grammar():
+    cfg = load_config(None, ["rollout.stop=['</answer>', 'Q:']", "train.eval_max_new_tokens=32"])
+    assert cfg.rollout.stop == ["</answer>", "Q:"]
+    assert cfg.train.eval_max_new_tokens == 32
+    cfg = load_config(None, ["data.system_prompt=null"])
+    assert cfg.data.system_prompt is None
+
+
+def test_unknown_key_names_it():
+    with pytest.raises(ConfigError, match=r"algorithm\.grop"):
+        load_config(None, ["algorithm.grop=4"])
+
+
+def test_unknown_key_in_yaml_names_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert "stepz" in str(e.value) and str(path) in str(e.value)
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match=r"train\.steps"):
+        load_config(None, ["train.steps=many"])
+    with pytest.raises(ConfigError, match=r"rollout\.ignore_eos"):
+        load_config(None, ["rollout.ignore_eos=maybe"])
+
+
+def test_override_without_equals_sign():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["train.steps"])
+
+
+def test_batch_size_must_hold_whole_groups():
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
+        load_config(None, ["algorithm.group_size=4", "train.batch_size=10"])
+    cfg = load_config(None, ["algorithm.group_size=4", "train.batch_size=12"])
+    assert cfg.train.batch_size == 12
+
+
+def test_invalid_choice_names_key_and_choices():
+    with pytest.raises(ConfigError, match=r"algorithm\.loss_aggregation") as e:
+        load_config(None, ["algorithm.loss_aggregation=sum"])
+    assert "token_mean" in str(e.value)
+    with pytest.raises(ConfigError, match=r"model\.dtype"):
+        load_config(None, ["model.dtype=float16"])
+
+
+def test_group_size_one_is_rejected():
+    with pytest.raises(ConfigError, match=r"algorithm\.group_size"):
+        load_config(None, ["algorithm.group_size=1", "train.batch_size=4"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("rollout.temperature=0", "rollout.temperature"),
+        ("rollout.top_p=1.5", "rollout.top_p"),
+        ("train.micro_batch_size=0", "train.micro_batch_size"),
+        ("algorithm.eps_low=1.0", "algorithm.eps_low"),
+        ("algorithm.beta=-0.1", "algorithm.beta"),
+        ("optim.lr=0", "optim.lr"),
+        ("optim.warmup_ratio=1.0", "optim.warmup_ratio"),
+        ("data.task=file", "data.train_path"),
+    ],
+)
+def test_range_checks_name_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_missing_config_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="does not exist") as e:
+        load_config(missing)
+    assert "nope.yaml" in str(e.value)
+
+
+def test_invalid_yaml(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("train:\n  steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML") as e:
+        load_config(path)
+    assert "broken.yaml" in str(e.value)
+
+
+def test_rewards_list_override_replaces_the_list():
+    cfg = load_config(None, ["rewards=[{name: accuracy, weight: 2}]"])
+    assert len(cfg.rewards) == 1
+    assert isinstance(cfg.rewards[0], RewardConfig)
+    assert (cfg.rewards[0].name, cfg.rewards[0].weight, cfg.rewards[0].kwargs) == (
+        "accuracy",
+        2.0,
+        {},
+    )
+
+
+def test_rewards_index_override_changes_one_entry():
+    cfg = load_config(None, ["rewards.0.weight=3"])
+    assert [(r.name, r.weight) for r in cfg.rewards] == [("accuracy", 3.0), ("format", 0.2)]
+
+
+def test_rewards_typo_in_entry_names_the_key():
+    with pytest.raises(ConfigError, match="wieght"):
+        load_config(None, ["rewards=[{name: accuracy, wieght: 2}]"])
+    with pytest.raises(ConfigError, match="weight"):
+        load_config(None, ["rewards.0.weight=heavy"])
+
+
+def test_rewards_from_yaml_with_kwargs(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("rewards:\n  - name: format\n    weight: 0.5\n    kwargs: {strict: true}\n")
+    cfg = load_config(path)
+    assert [(r.name, r.weight, r.kwargs) for r in cfg.rewards] == [
+        ("format", 0.5, {"strict": True})
+    ]
+
+
+def test_empty_rewards_rejected():
+    with pytest.raises(ConfigError, match="rewards"):
+        load_config(None, ["rewards=[]"])
+
+
+def _all_field_keys(cls: type, prefix: str = "") -> set[str]:
+    """Every leaf key of the dataclass tree; list-of-dataclass fields appear as ``x[i].y``."""
+    keys: set[str] = set()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(t):
+            keys |= _all_field_keys(t, key + ".")
+        elif typing.get_origin(t) is list and dataclasses.is_dataclass(typing.get_args(t)[0]):
+            keys.add(key)  # the list itself is documented too
+            keys |= _all_field_keys(typing.get_args(t)[0], key + "[i].")
+        else:
+            keys.add(key)
+    return keys
+
+
+def test_field_docs_covers_every_field():
+    rows = field_docs()
+    documented = [key for key, *_ in rows]
+    assert len(documented) == len(set(documented)), "a key is documented twice"
+    expected = _all_field_keys(GRPOConfig)
+    assert set(documented) == expected
+    assert "algorithm.group_size" in expected and "rewards[i].kwargs" in expected
+    for key, typ, default, doc in rows:
+        assert doc.strip(), f"{key} has no doc"
+        assert typ, f"{key} has no type"
+        assert default != "", f"{key} has no default"
+
+
+def test_field_docs_defaults_match_the_dataclasses():
+    docs = {key: default for key, _, default, _ in field_docs()}
+    assert docs["algorithm.group_size"] == "8"
+    assert docs["model.name_or_path"] == repr(BUILTIN_MODEL)
+    assert docs["train.eval_max_new_tokens"] == "None"
+    assert docs["rollout.stop"] == "[]"
+    assert docs["rewards"] == "[accuracy:1.0, format:0.2]"
+
+
+def test_uses_reference_model():
+    def ref(*overrides: str) -> bool:
+        return uses_reference_model(load_config(None, list(overrides)))
+
+    assert ref() is True  # constant beta 0.04
+    assert ref("algorithm.beta=0") is False
+    # constant: beta_start/beta_end do not matter
+    assert ref("algorithm.beta=0", "algorithm.beta_start=0.1") is False
+    # cosine: beta does not matter, either end > 0 does
+    cos = "algorithm.beta_schedule=cosine"
+    assert ref(cos, "algorithm.beta=0") is True  # beta_start 0.04 by default
+    assert ref(cos, "algorithm.beta_start=0", "algorithm.beta_end=0") is False
+    assert ref(cos, "algorithm.beta_start=0", "algorithm.beta_end=0.01") is True
+    assert ref(cos, "algorithm.beta=0.5", "algorithm.beta_start=0", "algorithm.beta_end=0") is False
