@@ -2,6 +2,11 @@
 
     .venv/bin/python scripts/make_tiny_model.py --out src/grpo/assets/tiny-arith
 
+The shipped model came from exactly this command (seed 0) in 892 s on the project's 2-core
+machine (one thread, the other core busy); its figures are in ``warmup_report.json`` beside
+the weights: held-out greedy accuracy 99.0% after stage 1, then 4.7% after stage 2, with
+98.7% when the completion is forced to start with ``<think>``.
+
 What it does, and why the warm-up data looks the way it does:
 
 * A character tokenizer (printable ASCII plus ``<think>``/``</think>``/``<answer>``/``</answer>``
@@ -137,9 +142,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("src/grpo/assets/tiny-arith"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--examples", type=int, default=40_000)
-    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--worked-frac", type=float, default=0.25)
     ap.add_argument("--terse-steps", type=int, default=400)
     ap.add_argument("--eval-problems", type=int, default=500)

@@ -11,6 +11,7 @@ from grpo.config import (
     BUILTIN_MODEL,
     ConfigError,
     GRPOConfig,
+    OptimConfig,
     RewardConfig,
     field_docs,
     load_config,
@@ -52,7 +53,7 @@ def test_yaml_then_overrides_later_wins(tmp_path):
     assert cfg.algorithm.beta == 0.0  # the file beats the default
     assert cfg.train.batch_size == 16
     assert cfg.rollout.stop == ["</answer>"]
-    assert cfg.optim.lr == 2e-4  # untouched default
+    assert cfg.optim.lr == OptimConfig().lr  # untouched default
 
 
 def test_override_values_use_omegaconf_grammar():

@@ -126,7 +126,7 @@ class RewardConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = _f(2e-4, "peak learning rate (AdamW)")
+    lr: float = _f(1e-4, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     adam_beta1: float = _f(0.9, "AdamW beta1")
     adam_beta2: float = _f(0.99, "AdamW beta2")
@@ -137,12 +137,15 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = _f(100, "optimizer steps of RL (each on one rollout batch when mu = 1)")
+    steps: int = _f(80, "RL steps: one rollout batch each, with num_iterations updates on it")
     batch_size: int = _f(64, "completions per step (prompts per step = batch_size / group_size)")
-    micro_batch_size: int = _f(64, "sequences per forward/backward pass")
+    micro_batch_size: int = _f(64, "most sequences per forward/backward pass")
+    micro_batch_tokens: int = _f(
+        0, "token budget per pass (rows x padded width), rows packed by length; 0: by rows only"
+    )
     seed: int = _f(0, "random seed for sampling, shuffling and the built-in task")
     output_dir: str = _f("runs/{timestamp}", "run directory; {timestamp} is filled in")
-    eval_every: int = _f(20, "evaluate every N steps (0: only before and after)")
+    eval_every: int = _f(10, "evaluate every N steps (0: only before and after)")
     eval_max_new_tokens: int | None = _f(None, "evaluation length limit (default: rollout's)")
     save_final: bool = _f(True, "save the final model and tokenizer to <output_dir>/final")
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
@@ -266,6 +269,7 @@ def validate(cfg: GRPOConfig) -> None:
         "rollout.top_k": r.top_k,
         "train.eval_every": t.eval_every,
         "train.threads": t.threads,
+        "train.micro_batch_tokens": t.micro_batch_tokens,
         "train.time_limit_minutes": t.time_limit_minutes,
         "log.samples_per_step": cfg.log.samples_per_step,
         "optim.weight_decay": o.weight_decay,

@@ -136,3 +136,18 @@ def test_micro_batches_cover_all_rows_in_order():
     (whole,) = b.micro_batches(8)
     assert torch.equal(whole.input_ids, b.input_ids)
     assert torch.equal(whole.completion_mask, b.completion_mask)
+
+
+def test_token_budget_plan_packs_rows_by_length():
+    # prompt lengths 2, 1, 3; completion lengths 3, 1, 2 -> padded widths per row 5, 2, 5
+    b = build_batch([[1, 2], [3], [4, 5, 6]], [[7, 8, 9], [10], [11, 12]], torch.zeros(3), 0)
+    plan = b.plan(max_rows=8, max_tokens=10)
+    # sorted by length: row 1 (2 tokens), row 0 (5), row 2 (5). Rows 1+0 pad to width
+    # max(1,2) + max(1,3) = 5 -> 2 x 5 = 10 fits; adding row 2 gives 3 x (3 + 3) = 18 > 10.
+    assert [p.tolist() for p in plan] == [[0, 1], [2]]
+    assert sorted(i for p in plan for i in p.tolist()) == [0, 1, 2]
+    # the row limit still holds under a large budget
+    assert [p.tolist() for p in b.plan(max_rows=2, max_tokens=1000)] == [[0, 1], [2]]
+    # no budget: consecutive runs of rows
+    assert [p.tolist() for p in b.plan(max_rows=2)] == [[0, 1], [2]]
+    assert [p.tolist() for p in b.plan(max_rows=1, max_tokens=1000)] == [[1], [0], [2]]

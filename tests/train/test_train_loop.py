@@ -70,11 +70,11 @@ def _run(model, reference, *overrides: str):
     )
 
 
-def _update(run, micro_size: int, beta: float):
+def _update(run, micro_size: int, beta: float, micro_tokens: int = 0):
     batch = build_batch(PROMPTS, COMPLETIONS, ADV, pad_id=0)
     if run.reference is not None:
         batch.ref_logprobs = loop.batch_logprobs(run, run.reference, batch)
-    micro = batch.micro_batches(micro_size)
+    micro = [batch.rows(i) for i in batch.plan(max_rows=micro_size, max_tokens=micro_tokens)]
     metrics = loop.update_policy(run, micro, batch, beta)
     return metrics, run.optimizer.recorded
 
@@ -97,8 +97,9 @@ def test_micro_batch_size_does_not_change_gradient(tiny_model, reference, aggreg
     whole_m, whole_g = _update(_run(tiny_model, reference, *overrides), 6, beta=0.1)
     assert len(whole_g) == 1
     assert all(p.grad is None for p in tiny_model.parameters())  # zeroed after the step
-    for size in (3, 4):  # 3 + 3 rows, and 4 + 2 rows
-        m, g = _update(_run(tiny_model, reference, *overrides), size, beta=0.1)
+    # 3 + 3 rows, 4 + 2 rows, and rows packed by length under a 24-token budget
+    for size, tokens in ((3, 0), (4, 0), (6, 24)):
+        m, g = _update(_run(tiny_model, reference, *overrides), size, beta=0.1, micro_tokens=tokens)
         for a, b in zip(whole_g[0], g[0], strict=True):
             scale = max(float(a.abs().max()), 1e-3)
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5 * scale)

@@ -32,6 +32,7 @@ from grpo.core.policy_loss import (
     seq_mean_token_mean,
     seq_mean_token_sum_norm,
     token_mean,
+    truncated_is_weights,
 )
 from grpo.core.schedules import beta_at, lr_lambda_warmup_cosine
 
@@ -71,4 +72,5 @@ __all__ = [
     "token_entropy",
     "token_logprobs",
     "token_mean",
+    "truncated_is_weights",
 ]

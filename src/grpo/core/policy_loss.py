@@ -21,6 +21,7 @@ even if their log-probs are garbage: inputs are replaced by 0 there before any e
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -43,6 +44,7 @@ __all__ = [
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "token_mean",
+    "truncated_is_weights",
 ]
 
 
@@ -130,6 +132,47 @@ def clip_fractions(
     low, high, _ = _clip_counts(ratio, advantages, mask, eps_low, eps_high)
     n = mask.bool().sum().clamp(min=1)
     return low / n, high / n
+
+
+def truncated_is_weights(
+    old_logp: Tensor, engine_logp: Tensor, cap: float, mask: Tensor | None = None
+) -> Tensor:
+    """Truncated importance-sampling weights for the trainer/engine mismatch.
+
+    Yao et al. 2025, "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training"
+    (TIS): the rollout engine (vLLM, other kernels, other precision) samples from pi_engine,
+    not from the trainer's pi_old, so each token's policy-gradient term is reweighted by
+    ``w = min(pi_old(y_t) / pi_engine(y_t), C) = min(exp(old_logp - engine_logp), C)``.
+    The cap C (the paper uses 2) bounds the variance a token the engine under-sampled can add.
+
+    Args:
+        old_logp: [B, T] the trainer's log-probs of the sampled tokens under the weights that
+            sampled them (with one update per batch: the current log-probs, detached).
+        engine_logp: [B, T] the engine's log-probs of the same tokens (``Completion.logprobs``).
+        cap: C > 0.
+        mask: [B, T], 1/True on completion tokens; elsewhere the weight is 0 (and never inf or
+            NaN, whatever the inputs hold there). None = every position counts.
+
+    Returns:
+        [B, T] weights in [0, cap], detached (a constant of the loss, not differentiated).
+    """
+    if not cap > 0:
+        raise ValueError(f"truncated IS cap must be > 0, got {cap}")
+    if engine_logp.shape != old_logp.shape:
+        raise ValueError(
+            f"engine_logp shape {tuple(engine_logp.shape)} != old_logp shape "
+            f"{tuple(old_logp.shape)}"
+        )
+    with torch.no_grad():
+        diff = old_logp.detach() - engine_logp.detach()
+        if mask is not None:
+            if mask.shape != old_logp.shape:
+                raise ValueError(
+                    f"mask shape {tuple(mask.shape)} != old_logp shape {tuple(old_logp.shape)}"
+                )
+            diff = torch.where(mask.bool(), diff, float("-inf"))  # exp(-inf) = 0
+        # clamp before exp: a huge diff would overflow to inf, and min(inf, C) is C anyway
+        return torch.exp(diff.clamp(max=math.log(cap))).clamp(max=cap)
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -325,6 +368,7 @@ def grpo_loss(
     normalizer: float,
     kl_estimator: str = "k3",
     dual_clip_c: float | None = None,
+    token_weights: Tensor | None = None,
 ) -> tuple[Tensor, LossStats]:
     """GRPO loss of one micro-batch, DeepSeekMath (arXiv 2402.03300) eq. 3, negated:
     per token ``-min(r A, clip(r) A) + beta * KL_est(pi_theta || pi_ref)``, then reduced by
@@ -346,6 +390,14 @@ def grpo_loss(
         normalizer: from loss_normalizer, for the whole batch.
         kl_estimator: a key of KL_ESTIMATORS.
         dual_clip_c: dual-clip constant c > 1 for A < 0 (Ye et al. 2020), or None (off).
+        token_weights: [B, T] constant per-token weights of the clipped-surrogate term, e.g.
+            :func:`truncated_is_weights` for the trainer/engine mismatch; None = all ones.
+            They are detached here, and the KL term is NOT weighted: the weights correct the
+            policy-gradient estimate for tokens drawn from the engine rather than from pi_old
+            (Yao et al. 2025 apply them to that term); the KL term is a regulariser towards
+            pi_ref evaluated on the same tokens, already without any ratio to pi_theta (as in
+            DeepSeekMath), so reweighting it would only make its pull token-dependent (up to
+            cap-fold on tokens the engine under-sampled) without making it an unbiased estimate.
 
     Returns:
         (scalar loss, LossStats of this micro-batch).
@@ -361,7 +413,13 @@ def grpo_loss(
     if eps_low < 0 or eps_high < 0:
         raise ValueError(f"clip ranges must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
     _check_dual_clip(dual_clip_c)
-    for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
+    named = (
+        ("old_logp", old_logp),
+        ("ref_logp", ref_logp),
+        ("mask", mask),
+        ("token_weights", token_weights),
+    )
+    for name, t in named:
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} shape {tuple(t.shape)} != logp shape {tuple(logp.shape)}")
     if advantages.dim() == 1:
@@ -385,6 +443,9 @@ def grpo_loss(
         advantages = torch.where(m, advantages, 0.0)
     old = logp.detach() if old_logp is None else torch.where(m, old_logp, 0.0)
     per_token, ratio = clipped_surrogate(logp, old, advantages, eps_low, eps_high, dual_clip_c)
+    if token_weights is not None:
+        # surrogate term only (see Args); zero at masked positions so no inf/NaN can leak
+        per_token = per_token * torch.where(m, token_weights.detach().to(per_token.dtype), 0.0)
 
     kl: Tensor | None = None
     if ref_logp is not None:

@@ -66,7 +66,40 @@ class RolloutBatch:
         )
 
     def micro_batches(self, size: int) -> list[RolloutBatch]:
-        return [self.rows(slice(s, s + size)) for s in range(0, self.num_rows, size)]
+        return [self.rows(idx) for idx in self.plan(max_rows=size)]
+
+    def plan(self, *, max_rows: int, max_tokens: int = 0) -> list[Tensor]:
+        """Row indices of each micro-batch.
+
+        With ``max_tokens = 0``: consecutive runs of ``max_rows`` rows. With a token budget:
+        rows sorted by length and packed while ``rows x padded width <= max_tokens`` (and at
+        most ``max_rows`` rows), so rows of similar length share a micro-batch and little
+        compute goes to padding. The loss normaliser is the whole batch's, so neither the
+        grouping nor the order changes the gradient.
+        """
+        if max_tokens <= 0:
+            return [
+                torch.arange(s, min(s + max_rows, self.num_rows))
+                for s in range(0, self.num_rows, max_rows)
+            ]
+        P = self.prompt_width
+        prompt_len = self.attention_mask[:, :P].sum(1)
+        completion_len = self.attention_mask[:, P:].sum(1)
+        order = torch.argsort(prompt_len + completion_len, stable=True).tolist()
+        plans: list[list[int]] = []
+        current: list[int] = []
+        widest_p = widest_c = 0
+        for i in order:
+            p, c = int(prompt_len[i]), int(completion_len[i])
+            width = max(widest_p, p) + max(widest_c, c, 1)
+            if current and (len(current) >= max_rows or (len(current) + 1) * width > max_tokens):
+                plans.append(current)
+                current, widest_p, widest_c = [], 0, 0
+            current.append(i)
+            widest_p, widest_c = max(widest_p, p), max(widest_c, c)
+        if current:
+            plans.append(current)
+        return [torch.tensor(sorted(rows), dtype=torch.long) for rows in plans]
 
 
 def build_batch(

