@@ -70,14 +70,19 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("transformers", "generation engine: transformers")
+    engine: str = _f("auto", "generation engine: auto (vLLM if installed), vllm, transformers")
     temperature: float = _f(1.0, "sampling temperature (> 0)")
     top_p: float = _f(1.0, "nucleus sampling threshold; 1 disables")
     top_k: int = _f(0, "top-k sampling; 0 disables")
     max_new_tokens: int = _f(64, "completion length limit in tokens")
     stop: list[str] = _f([], "stop strings; the completion keeps the matched string")
     ignore_eos: bool = _f(False, "benchmarks only: sample to max_new_tokens past EOS")
-    max_batch_rows: int = _f(256, "most sequences generated in one engine call")
+    max_batch_rows: int = _f(256, "most sequences generated at once (vLLM: max_num_seqs)")
+    vllm_memory_fraction: float = _f(
+        0.3, "vLLM: share of GPU memory (CPU: of RAM, capped by need) for weights and KV cache"
+    )
+    max_model_len: int = _f(0, "vLLM: prompt + completion tokens; 0: longest prompt + limit")
+    vllm_enforce_eager: bool = _f(False, "vLLM: no compilation / CUDA graphs (faster start)")
 
 
 @dataclass
@@ -101,6 +106,9 @@ class AlgorithmConfig:
         "dr_grpo/seq_mean_token_sum_norm",
     )
     num_iterations: int = _f(1, "mu: policy updates per rollout batch")
+    tis_cap: float | None = _f(
+        None, "truncated importance sampling: weight tokens by min(pi_old/pi_engine, cap); vLLM"
+    )
     dual_clip_c: float | None = _f(
         None, "dual clip for negative advantages (ratio cap c > 1, e.g. 3)"
     )
@@ -181,7 +189,7 @@ class GRPOConfig:
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("auto", "bfloat16", "float32"),
     "data.task": ("arithmetic", "gsm8k", "file"),
-    "rollout.engine": ("transformers",),
+    "rollout.engine": ("auto", "vllm", "transformers"),
     "algorithm.advantage": ("grpo", "dr_grpo", "batch_std", "rloo", "process"),
     "algorithm.scale_rewards": ("group", "batch", "none"),
     "algorithm.beta_schedule": ("constant", "cosine"),
@@ -270,6 +278,7 @@ def validate(cfg: GRPOConfig) -> None:
         "train.eval_every": t.eval_every,
         "train.threads": t.threads,
         "train.micro_batch_tokens": t.micro_batch_tokens,
+        "rollout.max_model_len": r.max_model_len,
         "train.time_limit_minutes": t.time_limit_minutes,
         "log.samples_per_step": cfg.log.samples_per_step,
         "optim.weight_decay": o.weight_decay,
@@ -321,6 +330,17 @@ def validate(cfg: GRPOConfig) -> None:
             raise ConfigError(f"key 'rewards[{i}].on_error': {rw.on_error!r} is not raise or skip")
         if rw.timeout_s is not None and rw.timeout_s <= 0:
             raise ConfigError(f"key 'rewards[{i}].timeout_s': must be > 0, got {rw.timeout_s}")
+    if not 0 < r.vllm_memory_fraction <= 1:
+        raise ConfigError(
+            f"key 'rollout.vllm_memory_fraction': must be in (0, 1], got {r.vllm_memory_fraction}"
+        )
+    if a.tis_cap is not None and a.tis_cap <= 0:
+        raise ConfigError(f"key 'algorithm.tis_cap': must be > 0, got {a.tis_cap}")
+    if a.tis_cap is not None and r.engine == "transformers":
+        raise ConfigError(
+            "key 'algorithm.tis_cap': the transformers engine samples with the trainer's own "
+            "weights and reports no sampling log-probs; use rollout.engine=vllm"
+        )
     if a.dual_clip_c is not None and a.dual_clip_c <= 1:
         raise ConfigError(f"key 'algorithm.dual_clip_c': must be > 1, got {a.dual_clip_c}")
     if a.advantage == "process" and not a.step_reward:

@@ -26,6 +26,7 @@ class RolloutBatch:
     advantages: Tensor  # [B], or [B, T] for token-level (process) advantages
     old_logprobs: Tensor | None = None  # [B, T] when mu > 1
     ref_logprobs: Tensor | None = None  # [B, T] when beta > 0
+    engine_logprobs: Tensor | None = None  # [B, T] sampling log-probs reported by the engine
 
     @property
     def num_rows(self) -> int:
@@ -47,22 +48,21 @@ class RolloutBatch:
         keep_t = int(used.max()) if len(used) else 0
         keep_t = max(keep_t, 1)
         cols = slice(drop_left, P + keep_t)
+
+        def per_token(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[index][:, :keep_t]
+
         adv = self.advantages[index]
-        if adv.dim() == 2:
-            adv = adv[:, :keep_t]
         return replace(
             self,
             input_ids=ids[:, cols],
             attention_mask=attn[:, cols],
             completion_mask=cmask[:, :keep_t],
             prompt_width=P - drop_left,
-            advantages=adv,
-            old_logprobs=None
-            if self.old_logprobs is None
-            else self.old_logprobs[index][:, :keep_t],
-            ref_logprobs=None
-            if self.ref_logprobs is None
-            else self.ref_logprobs[index][:, :keep_t],
+            advantages=adv[:, :keep_t] if adv.dim() == 2 else adv,
+            old_logprobs=per_token(self.old_logprobs),
+            ref_logprobs=per_token(self.ref_logprobs),
+            engine_logprobs=per_token(self.engine_logprobs),
         )
 
     def micro_batches(self, size: int) -> list[RolloutBatch]:
@@ -109,6 +109,7 @@ def build_batch(
     pad_id: int,
     *,
     loss_mask: list[bool] | None = None,
+    engine_logprobs: list[list[float]] | None = None,
 ) -> RolloutBatch:
     """Tensors for ``len(prompt_ids)`` rows.
 
@@ -130,4 +131,9 @@ def build_batch(
             attention[i, P : P + len(c)] = 1
             if loss_mask is None or loss_mask[i]:
                 cmask[i, : len(c)] = 1.0
-    return RolloutBatch(input_ids, attention, cmask, P, advantages.float())
+    engine = None
+    if engine_logprobs is not None:
+        engine = torch.zeros((B, T), dtype=torch.float32)
+        for i, lp in enumerate(engine_logprobs):
+            engine[i, : len(lp)] = torch.tensor(lp, dtype=torch.float32)
+    return RolloutBatch(input_ids, attention, cmask, P, advantages.float(), engine_logprobs=engine)

@@ -38,6 +38,7 @@ from grpo.core import (
     lr_lambda_warmup_cosine,
     mask_truncated,
     process_advantages,
+    truncated_is_weights,
 )
 from grpo.rewards import (
     RewardFunction,
@@ -48,7 +49,7 @@ from grpo.rewards import (
 )
 from grpo.rewards.step_rewards import steps_to_token_ends
 from grpo.rollout.base import Completion, RolloutEngine, SamplingSettings
-from grpo.rollout.transformers_engine import TransformersEngine
+from grpo.rollout.factory import make_engine
 from grpo.train.batch import RolloutBatch, build_batch
 from grpo.train.evaluate import evaluate_accuracy
 from grpo.train.logprob_pass import completion_logprobs
@@ -156,8 +157,25 @@ def setup(cfg: GRPOConfig) -> Run:
     reference = frozen_reference(model, compute_dtype) if uses_reference_model(cfg) else None
     model.train()
 
-    engine = TransformersEngine(
-        model, tokenizer, autocast_dtype=compute_dtype, max_batch_rows=cfg.rollout.max_batch_rows
+    tok = dict(prompt_column=d.prompt_column, system_prompt=d.system_prompt)
+    train_prompt_ids = tokenize_prompts(train_rows, tokenizer, **tok)
+    eval_prompt_ids = tokenize_prompts(eval_rows, tokenizer, **tok)
+    r = cfg.rollout
+    longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
+    completion_room = max(r.max_new_tokens, cfg.train.eval_max_new_tokens or 0)
+    # vLLM before the optimizer: on a GPU its memory share must be free when it starts
+    engine = make_engine(
+        r.engine,
+        model=model,
+        tokenizer=tokenizer,
+        model_path=path,
+        autocast_dtype=compute_dtype,
+        max_batch_rows=r.max_batch_rows,
+        vllm_memory_fraction=r.vllm_memory_fraction,
+        max_model_len=r.max_model_len or longest_prompt + completion_room,
+        seed=cfg.train.seed,
+        trust_remote_code=cfg.model.trust_remote_code,
+        vllm_enforce_eager=r.vllm_enforce_eager,
     )
     o = cfg.optim
     optimizer = torch.optim.AdamW(
@@ -172,7 +190,6 @@ def setup(cfg: GRPOConfig) -> Run:
         optimizer,
         lambda s: lr_lambda_warmup_cosine(s, warmup, total_updates, min_ratio=o.min_lr_ratio),
     )
-    tok = dict(prompt_column=d.prompt_column, system_prompt=d.system_prompt)
     return Run(
         cfg=cfg,
         run_dir=run_dir,
@@ -182,9 +199,9 @@ def setup(cfg: GRPOConfig) -> Run:
         engine=engine,
         reward_fns=reward_fns,
         train_rows=train_rows,
-        train_prompt_ids=tokenize_prompts(train_rows, tokenizer, **tok),
+        train_prompt_ids=train_prompt_ids,
         eval_rows=eval_rows,
-        eval_prompt_ids=tokenize_prompts(eval_rows, tokenizer, **tok),
+        eval_prompt_ids=eval_prompt_ids,
         optimizer=optimizer,
         scheduler=scheduler,
         compute_dtype=compute_dtype,
@@ -355,6 +372,7 @@ def rl_step(run: Run, step: int, batches: Iterator[list[int]]) -> dict[str, floa
         [c.token_ids for c in completions],
         torch.zeros(len(completions)),
         run.tokenizer.pad_token_id,
+        engine_logprobs=[c.logprobs for c in completions] if a.tis_cap else None,
     )
     truncated = torch.tensor([c.finish_reason == "length" for c in completions])
     if a.mask_truncated:
@@ -499,6 +517,7 @@ def update_policy(
     device = run.model.device
     out: dict[str, float] = {}
     entropy_sum, entropy_tokens = 0.0, 0.0
+    tis_sum, tis_capped = 0.0, 0.0
     for iteration in range(a.num_iterations):
         stats = LossStats.zeros(device)
         for mb in micro:
@@ -512,6 +531,14 @@ def update_policy(
             mask = mb.completion_mask.to(device)
             if iteration == 0 and a.num_iterations > 1:
                 mb.old_logprobs = logp.detach()
+            weights = None
+            if a.tis_cap is not None:
+                # the engine sampled with slightly different numerics than the trainer computes
+                old = logp.detach() if iteration == 0 else mb.old_logprobs
+                assert mb.engine_logprobs is not None
+                weights = truncated_is_weights(old, mb.engine_logprobs.to(device), a.tis_cap, mask)
+                tis_sum += float((weights * mask).sum())
+                tis_capped += float(((weights >= a.tis_cap) & mask.bool()).sum())
             loss, mb_stats = grpo_loss(
                 logp,
                 None if iteration == 0 else mb.old_logprobs,
@@ -525,6 +552,7 @@ def update_policy(
                 normalizer=normalizer,
                 kl_estimator=a.kl_estimator,
                 dual_clip_c=a.dual_clip_c,
+                token_weights=weights,
             )
             loss.backward()
             stats = stats + mb_stats
@@ -549,6 +577,10 @@ def update_policy(
                 }
             )
     out["entropy"] = entropy_sum / max(entropy_tokens, 1.0)
+    if a.tis_cap is not None:
+        n = max(float(batch.completion_mask.sum()) * a.num_iterations, 1.0)
+        out["tis/weight_mean"] = tis_sum / n
+        out["tis/capped_frac"] = tis_capped / n
     return out
 
 
@@ -590,8 +622,8 @@ def train(cfg: GRPOConfig) -> dict[str, Any]:
     if after:
         log.metrics(steps_done, after)
     log.close()
-    for rf in run.reward_fns:  # worker pools, models
-        close = getattr(rf.fn, "close", None)
+    for holder in [run.engine, *(rf.fn for rf in run.reward_fns)]:  # engines, pools, models
+        close = getattr(holder, "close", None)
         if callable(close):
             close()
 
