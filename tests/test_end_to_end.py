@@ -123,3 +123,12 @@ def test_bad_config_fails_before_loading_a_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "train.batch_size" in err
     assert not (tmp_path / "x").exists()
+
+
+def test_an_existing_run_directory_is_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    assert main(["train", *SMALL, f"train.output_dir={out}"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'  # nothing appended or lost

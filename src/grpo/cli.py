@@ -184,6 +184,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"grpo: config error: {e}", file=sys.stderr)
         return 2
+    except FileExistsError as e:
+        print(f"grpo: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -153,7 +153,7 @@ class TrainConfig:
     )
     seed: int = _f(0, "random seed for sampling, shuffling and the built-in task")
     output_dir: str = _f("runs/{timestamp}", "run directory; {timestamp} is filled in")
-    eval_every: int = _f(10, "evaluate every N steps (0: only before and after)")
+    eval_every: int = _f(5, "evaluate every N steps (0: only before and after)")
     eval_max_new_tokens: int | None = _f(None, "evaluation length limit (default: rollout's)")
     save_final: bool = _f(True, "save the final model and tokenizer to <output_dir>/final")
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")

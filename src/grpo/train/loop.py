@@ -95,8 +95,14 @@ class Run:
 
 
 def make_run_dir(pattern: str) -> Path:
+    """A fresh run directory; one that already holds a run is refused, not appended to."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(pattern.replace("{timestamp}", stamp))
+    if (path / "metrics.jsonl").exists():
+        raise FileExistsError(
+            f"train.output_dir: {path} already holds a run (metrics.jsonl); choose another "
+            "directory or remove it (the default runs/{timestamp} is always new)"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
