@@ -39,6 +39,7 @@ def make_engine(
         raise ValueError(
             f"rollout.engine: unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}"
         )
+    chosen_by_auto = kind == "auto"
     if kind == "auto":
         from grpo.rollout.vllm_engine import vllm_available
 
@@ -49,16 +50,25 @@ def make_engine(
         )
     from grpo.rollout.vllm_engine import VLLMEngine  # its constructor says how to install vllm
 
-    engine = VLLMEngine(
-        model_path,
-        tokenizer,
-        dtype=autocast_dtype,
-        memory_fraction=vllm_memory_fraction,
-        max_model_len=max_model_len,
-        seed=seed,
-        max_num_seqs=max_batch_rows,
-        enforce_eager=vllm_enforce_eager,
-        trust_remote_code=trust_remote_code,
-    )
+    try:
+        engine = VLLMEngine(
+            model_path,
+            tokenizer,
+            dtype=autocast_dtype,
+            memory_fraction=vllm_memory_fraction,
+            max_model_len=max_model_len,
+            seed=seed,
+            max_num_seqs=max_batch_rows,
+            enforce_eager=vllm_enforce_eager,
+            trust_remote_code=trust_remote_code,
+        )
+    except Exception as e:
+        if not chosen_by_auto:
+            raise
+        # Say why vLLM was tried at all; falling back silently would hide a slow run.
+        raise RuntimeError(
+            f"rollout.engine=auto chose vLLM (it is installed), which could not serve "
+            f"{model_path}: {e}. Set rollout.engine=transformers to generate with transformers."
+        ) from e
     engine.sync_weights(model)
     return engine
