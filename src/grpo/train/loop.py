@@ -413,8 +413,9 @@ def rl_step(run: Run, step: int, batches: Iterator[list[int]]) -> dict[str, floa
     # 4. mu updates over micro-batches, then the engine gets the new weights
     micro = [batch.rows(idx) for idx in micro_plan(run, batch)]
     update_metrics = update_policy(run, micro, batch, 0.0 if a.kl_in_reward else beta)
+    t = run.timed("time/update", t)
     run.engine.sync_weights(run.model)
-    t_update = run.timed("time/update", t)
+    t_update = run.timed("time/sync", t)
 
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     n_tokens = run.step_counters["tokens"]
