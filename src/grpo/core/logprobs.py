@@ -62,6 +62,17 @@ def _chunk_grad(
     return grad
 
 
+def _autocast_state(device: torch.device) -> tuple[str, bool, torch.dtype]:
+    """The autocast state of the forward, so backward can recompute chunks the same way.
+
+    Backward runs outside the caller's ``torch.autocast`` block; without this, the lm-head
+    matmuls of backward would run in fp32 while forward ran in bf16 (and a bf16 chunk would
+    not match the saved logsumexp exactly).
+    """
+    kind = device.type
+    return kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind)
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types; float64 stays float64 (gradcheck, reference runs)."""
     return torch.promote_types(dtype, torch.float32)
@@ -145,6 +156,7 @@ class _HiddenLogprobs(torch.autograd.Function):
                 entropy[s:e] = ent
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.chunk_size, ctx.temperature, ctx.with_entropy = chunk_size, temperature, with_entropy
+        ctx.autocast = _autocast_state(hidden.device)
         return logp, entropy
 
     @staticmethod
@@ -158,18 +170,22 @@ class _HiddenLogprobs(torch.autograd.Function):
         # Accumulate over chunks in fp32 so bf16 weights do not lose small chunk contributions.
         grad_w = torch.zeros_like(weight, dtype=cdt) if need_w else None
         grad_b = torch.zeros_like(bias, dtype=cdt) if need_b else None
-        for s in range(0, n, c):
-            e = min(s + c, n)
-            h = hidden[s:e]
-            z = F.linear(h, weight, bias).to(cdt) / t
-            ge = g_ent[s:e] if ctx.with_entropy else None
-            grad_z = (_chunk_grad(z, labels[s:e], lse[s:e], g_logp[s:e], ge) / t).to(h.dtype)
-            if grad_h is not None:
-                grad_h[s:e] = grad_z @ weight
-            if grad_w is not None:
-                grad_w += grad_z.t() @ h
-            if grad_b is not None:
-                grad_b += grad_z.sum(dim=0)
+        kind, enabled, amp_dtype = ctx.autocast
+        with torch.autocast(kind, dtype=amp_dtype, enabled=enabled):
+            for s in range(0, n, c):
+                e = min(s + c, n)
+                h = hidden[s:e]
+                z = F.linear(h, weight, bias).to(cdt) / t
+                ge = g_ent[s:e] if ctx.with_entropy else None
+                grad_z = _chunk_grad(z, labels[s:e], lse[s:e], g_logp[s:e], ge) / t
+                grad_z = grad_z.to(h.dtype)
+                # the two matmuls of backward run in the forward's autocast dtype
+                if grad_h is not None:
+                    grad_h[s:e] = (grad_z @ weight).to(hidden.dtype)
+                if grad_w is not None:
+                    grad_w += (grad_z.t() @ h).to(cdt)
+                if grad_b is not None:
+                    grad_b += grad_z.sum(dim=0)
         if grad_w is not None:
             grad_w = grad_w.to(weight.dtype)
         if grad_b is not None:
