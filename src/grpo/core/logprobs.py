@@ -157,6 +157,8 @@ class _HiddenLogprobs(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, bias, labels, lse)
         ctx.chunk_size, ctx.temperature, ctx.with_entropy = chunk_size, temperature, with_entropy
         ctx.autocast = _autocast_state(hidden.device)
+        # An entropy that is only logged gets no gradient: backward then skips its term.
+        ctx.set_materialize_grads(False)
         return logp, entropy
 
     @staticmethod
@@ -164,6 +166,8 @@ class _HiddenLogprobs(torch.autograd.Function):
     def backward(ctx: Any, g_logp: Tensor, g_ent: Tensor) -> tuple[Tensor | None, ...]:
         hidden, weight, bias, labels, lse = ctx.saved_tensors
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        if g_logp is None:
+            g_logp = torch.zeros_like(lse)
         n, c, t = hidden.shape[0], ctx.chunk_size, ctx.temperature
         cdt = _compute_dtype(hidden.dtype)
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -176,7 +180,7 @@ class _HiddenLogprobs(torch.autograd.Function):
                 e = min(s + c, n)
                 h = hidden[s:e]
                 z = F.linear(h, weight, bias).to(cdt) / t
-                ge = g_ent[s:e] if ctx.with_entropy else None
+                ge = g_ent[s:e] if ctx.with_entropy and g_ent is not None else None
                 grad_z = _chunk_grad(z, labels[s:e], lse[s:e], g_logp[s:e], ge) / t
                 grad_z = grad_z.to(h.dtype)
                 # the two matmuls of backward run in the forward's autocast dtype

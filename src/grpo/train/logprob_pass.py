@@ -65,20 +65,17 @@ def completion_logprobs(
                 input_ids=ids, attention_mask=attn, position_ids=position_ids, use_cache=False
             ).last_hidden_state
             h = hidden[:, P - 1 : P - 1 + T][cmask]  # [N, H]: only positions that predict
-            lp, _ = logprobs_from_hidden(
-                h, head.weight, labels[cmask], bias=head.bias, temperature=temperature
+            lp, ent = logprobs_from_hidden(
+                h,
+                head.weight,
+                labels[cmask],
+                bias=head.bias,
+                temperature=temperature,
+                with_entropy=entropy is not None,
             )
             if entropy is not None:
-                with torch.no_grad():
-                    _, ent = logprobs_from_hidden(
-                        h.detach(),
-                        head.weight.detach(),
-                        labels[cmask],
-                        bias=None if head.bias is None else head.bias.detach(),
-                        with_entropy=True,
-                        temperature=temperature,
-                    )
-                entropy[cmask] = ent
+                # one pass: the entropy comes from the same logits chunks, with no gradient
+                entropy[cmask] = ent.detach()
         else:
             logits = model(
                 input_ids=ids,
