@@ -71,6 +71,7 @@ def test_all_options_together(tmp_path):
         "algorithm.dynamic_sampling_rounds=2",
         "algorithm.beta_schedule=cosine",
         "train.micro_batch_tokens=200",
+        "model.gradient_checkpointing=true",
         "rewards=[{name: accuracy}, {name: format, weight: 0.2}, {name: self_consistency, "
         "weight: 0.1}, {name: soft_overlong, weight: 1.0, kwargs: {max_completion_length: 64, "
         "buffer: 16}}]",
