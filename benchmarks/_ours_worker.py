@@ -65,7 +65,7 @@ def main() -> None:
     from grpo.config import ConfigError, load_config
     from grpo.train import loop
 
-    engine = spec["ours_engine"]
+    engine = spec["engine"]
     try:
         cfg = load_config(None, config_overrides(spec, engine))
     except ConfigError as e:

@@ -22,7 +22,7 @@ from pathlib import Path
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     result_path = Path(sys.argv[2])
-    engine = spec["trl_engine"]  # "vllm" or "transformers"
+    engine = spec["engine"]  # "vllm" or "transformers"
     if engine == "vllm":
         # vLLM on CPU runs in this process (no engine-core subprocess); its KV cache is sized
         # for these small batches instead of the 4 GiB default.
@@ -52,7 +52,9 @@ def main() -> None:
         use_cpu=True,
         bf16=spec["bf16"],
         gradient_checkpointing=False,
-        per_device_train_batch_size=spec["batch_size"],
+        # one optimizer step = one generation of batch_size completions, trained in
+        # batch_size / micro_batch_size accumulated micro-batches
+        per_device_train_batch_size=spec["micro_batch_size"],
         gradient_accumulation_steps=spec["batch_size"] // spec["micro_batch_size"],
         num_generations=spec["group_size"],
         max_completion_length=L,

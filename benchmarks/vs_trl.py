@@ -217,6 +217,10 @@ def matmul_rates(seconds: float, n: int = 2048) -> dict[str, float]:
     return rates
 
 
+def _fmt_rates(rates: dict[str, float]) -> str:
+    return f"bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s, fp32 {rates['float32'] / 1e9:.0f} GFLOP/s"
+
+
 def _tree_rss_kib(root: int) -> int:
     """Resident KiB of ``root`` and all its descendants, read from /proc."""
     parents: dict[int, list[int]] = {}
@@ -245,13 +249,32 @@ def _tree_rss_kib(root: int) -> int:
     return total
 
 
-def run_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[int, float, float]:
-    """Run one trainer; (exit code, peak RSS MiB of the tree, wall seconds).
+def _busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class ChildRun:
+    returncode: int
+    peak_rss_mib: float
+    wall_s: float
+    foreign_cores: float  # average cores kept busy by other processes during the run
+
+
+def run_child(cmd: list[str], env: dict[str, str], log_path: Path) -> ChildRun:
+    """Run one trainer, watching its memory and the machine's other load.
 
     Peak RSS is the larger of: the polled sum over the child's process tree (every 0.2 s) and
     the kernel's high-water mark of the largest single process (``wait4``'s ru_maxrss).
+    Foreign load is the machine's busy CPU time minus the child's own (and the poller's),
+    over the wall time: on a shared 2-core machine it tells whether a run was disturbed.
     """
-    t0 = time.perf_counter()
+    t0, busy0 = time.perf_counter(), _busy_seconds()
+    self0 = time.process_time()
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
         peak = [0]
@@ -267,8 +290,11 @@ def run_child(cmd: list[str], env: dict[str, str], log_path: Path) -> tuple[int,
         done.set()
         poller.join()
         proc.returncode = os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - t0
+    own = usage.ru_utime + usage.ru_stime + (time.process_time() - self0)
+    foreign = max(0.0, _busy_seconds() - busy0 - own) / wall
     peak_kib = max(peak[0], usage.ru_maxrss)  # ru_maxrss is in KiB on Linux
-    return proc.returncode, peak_kib / 1024, time.perf_counter() - t0
+    return ChildRun(proc.returncode, peak_kib / 1024, wall, foreign)
 
 
 def flops_per_step(shape: Shape) -> dict[str, float]:
@@ -298,45 +324,55 @@ def flops_per_step(shape: Shape) -> dict[str, float]:
 
 @dataclass
 class Trial:
+    """One run of one trainer: its timed steps and what the run cost."""
+
     trainer: str
     engine: str
-    sec_per_step: float
-    tokens_per_s: float
+    step_s: list[float]  # duration of each timed step
+    tokens_per_step: list[int]
+    phases: dict[str, list[float]]  # per timed step
     peak_rss_mib: float
     wall_s: float
+    foreign_cores: float
     generate_dtype: str
     train_dtype: str
-    phases: dict[str, float]
     versions: dict[str, str | None]
     threads: int
 
 
-def summarise(result: dict, warmup: int, peak: float, wall: float) -> Trial:
+def summarise(result: dict, warmup: int, child: ChildRun) -> Trial:
     ends = result["step_ends"]
     if len(ends) <= warmup:
         raise RuntimeError(f"{result['trainer']}: only {len(ends)} steps finished")
-    timed = len(ends) - warmup
-    elapsed = ends[-1] - ends[warmup - 1] if warmup else ends[-1] - result["start"]
-    tokens = sum(result["completion_tokens"][warmup : warmup + timed])
-    phases: dict[str, float] = {}
+    # step i lasts from the end of step i - 1 to its own end (setup is before step 1)
+    starts = [result["start"], *ends[:-1]]
+    step_s = [e - b for b, e in zip(starts, ends, strict=True)][warmup:]
+    tokens = result["completion_tokens"][warmup : len(ends)]
     if "phases" in result:  # ours: per-phase seconds from metrics.jsonl
-        for k, v in result["phases"].items():
-            phases[k.removeprefix("time/")] = statistics.fmean(v[warmup:])
+        phases = {
+            k.removeprefix("time/"): v[warmup : len(ends)]
+            for k, v in result["phases"].items()
+            if k != "time/step"
+        }
     else:  # TRL: generation, and generation + scoring + reference, timed around its methods
-        gen = statistics.fmean(result["generate_s"][warmup:])
-        gsr = statistics.fmean(result["generate_score_ref_s"][warmup:])
-        phases = {"generate": gen, "score+reference": gsr - gen}
-        phases["update"] = elapsed / timed - gsr
+        gen = result["generate_s"][warmup : len(ends)]
+        gsr = result["generate_score_ref_s"][warmup : len(ends)]
+        phases = {
+            "generate": gen,
+            "score+reference": [b - a for a, b in zip(gen, gsr, strict=True)],
+            "update": [t - b for t, b in zip(step_s, gsr, strict=True)],
+        }
     return Trial(
         trainer=result["trainer"],
         engine=result["engine"],
-        sec_per_step=elapsed / timed,
-        tokens_per_s=tokens / elapsed,
-        peak_rss_mib=peak,
-        wall_s=wall,
+        step_s=step_s,
+        tokens_per_step=tokens,
+        phases=phases,
+        peak_rss_mib=child.peak_rss_mib,
+        wall_s=child.wall_s,
+        foreign_cores=child.foreign_cores,
         generate_dtype=result["generate_dtype"],
         train_dtype=result["train_dtype"],
-        phases=phases,
         versions=result["versions"],
         threads=result["threads"],
     )
@@ -359,41 +395,52 @@ def fmt_table(rows: list[list[str]]) -> str:
     return "\n".join([line(rows[0]), sep, *map(line, rows[1:])])
 
 
+def combine(ts: list[Trial]) -> dict:
+    """One contender over its runs: medians of the pooled timed steps, the largest memory."""
+    step_s = [x for t in ts for x in t.step_s]
+    sec = statistics.median(step_s)
+    phases = {
+        name: statistics.median(x for t in ts for x in t.phases[name]) for name in ts[0].phases
+    }
+    return {
+        "sec_per_step": sec,
+        "sec_per_step_mean": statistics.fmean(step_s),
+        "sec_per_step_runs": [statistics.median(t.step_s) for t in ts],
+        "tokens_per_s": statistics.median(x for t in ts for x in t.tokens_per_step) / sec,
+        "peak_rss_mib": max(t.peak_rss_mib for t in ts),
+        "foreign_cores_max": max(t.foreign_cores for t in ts),
+        "phases": phases,
+        "engine": ts[0].engine,
+        "generate_dtype": ts[0].generate_dtype,
+        "train_dtype": ts[0].train_dtype,
+        "versions": ts[0].versions,
+        "threads": ts[0].threads,
+    }
+
+
 def report(
     args, shape: Shape, n_params: int, flops, rates, trials: dict[str, list[Trial]]
 ) -> tuple[str, dict]:
     """(markdown text, machine-readable summary)."""
-    best: dict[str, Trial] = {}
-    med: dict[str, dict[str, float]] = {}
-    for key, ts in trials.items():
-        med[key] = {
-            "sec_per_step": statistics.median(t.sec_per_step for t in ts),
-            "tokens_per_s": statistics.median(t.tokens_per_s for t in ts),
-            "peak_rss_mib": max(t.peak_rss_mib for t in ts),
-        }
-        best[key] = ts[0]
-        phase_names = ts[0].phases.keys()
-        best[key].phases = {n: statistics.fmean(t.phases[n] for t in ts) for n in phase_names}
-    ours = next(k for k in trials if k.startswith("ours"))
-    trl_keys = [k for k in trials if k.startswith("trl")]
-    trl_best = min(trl_keys, key=lambda k: med[k]["sec_per_step"]) if trl_keys else None
+    c = {key: combine(ts) for key, ts in trials.items()}
+    batch = shape.prompts_per_step * shape.group_size
+    ours_keys = [k for k in c if k.startswith("ours")]
+    trl_keys = [k for k in c if k.startswith("trl")]
     total_flops = flops["generate"] + flops["reference"] + flops["policy"]
-    rows = [
-        [
-            "trainer",
-            "s/step",
-            "steps/s",
-            "completion tok/s",
-            "peak RSS MiB",
-            "roofline",
-            "gen / train dtype",
-            "per-step phases (s)",
-        ]
+    header = [
+        "trainer",
+        "s/step",
+        "steps/s",
+        "completion tok/s",
+        "peak RSS MiB",
+        "roofline",
+        "gen / train dtype",
+        "per-step phases (s, medians)",
+        "s/step of each run",
     ]
-    for key in trials:
-        t, m = best[key], med[key]
-        roof = roofline_seconds(flops, t.generate_dtype, t.train_dtype, rates)
-        phases = ", ".join(f"{k} {v:.2f}" for k, v in t.phases.items() if k != "step")
+    rows = [header]
+    for key, m in c.items():
+        roof = roofline_seconds(flops, m["generate_dtype"], m["train_dtype"], rates)
         rows.append(
             [
                 key,
@@ -402,36 +449,43 @@ def report(
                 f"{m['tokens_per_s']:.0f}",
                 f"{m['peak_rss_mib']:.0f}",
                 f"{100 * roof / m['sec_per_step']:.1f}%",
-                f"{t.generate_dtype} / {t.train_dtype}",
-                phases,
+                f"{m['generate_dtype']} / {m['train_dtype']}",
+                ", ".join(f"{k} {v:.3f}" for k, v in m["phases"].items()),
+                ", ".join(f"{x:.3f}" for x in m["sec_per_step_runs"]),
             ]
         )
-    ratios = {}
+    ratios: dict[str, dict[str, float]] = {}
     lines = []
-    for k in trl_keys:
-        r_speed = med[k]["sec_per_step"] / med[ours]["sec_per_step"]
-        r_rss = med[k]["peak_rss_mib"] / med[ours]["peak_rss_mib"]
-        ratios[k] = {"steps_per_s_ours_over_trl": r_speed, "rss_trl_over_ours": r_rss}
-        lines.append(
-            f"- {k} / ours: s/step {r_speed:.2f}x (ours is {r_speed:.2f}x TRL's steps/s), "
-            f"tokens/s {med[k]['tokens_per_s'] / med[ours]['tokens_per_s']:.2f}x, "
-            f"peak RSS {r_rss:.2f}x (ours is {1 / r_rss:.2f}x TRL's)"
-        )
-    v_ours = best[ours].versions
-    v_trl = best[trl_best].versions if trl_best else {}
+    for o in ours_keys:
+        for k in trl_keys:
+            speed = c[k]["sec_per_step"] / c[o]["sec_per_step"]
+            rss = c[k]["peak_rss_mib"] / c[o]["peak_rss_mib"]
+            ratios[f"{k}/{o}"] = {"trl_s_per_step_over_ours": speed, "trl_rss_over_ours": rss}
+            lines.append(
+                f"- {k} / {o}: s/step {speed:.2f}x, so {o} runs {speed:.2f}x TRL's steps/s "
+                f"and {speed:.2f}x its completion tokens/s; peak RSS {rss:.2f}x, so {o} uses "
+                f"{1 / rss:.2f}x TRL's memory"
+            )
+    foreign = max(m["foreign_cores_max"] for m in c.values())
+    v_ours = c[ours_keys[0]]["versions"]
+    vllm_versions = sorted({m["versions"].get("vllm") for m in c.values()} - {None})
+    v_trl = c[trl_keys[0]]["versions"] if trl_keys else {}
     machine = machine_description()
     md = "\n".join(
         [
-            f"### `{args.config}`: {shape.hidden} hidden, {shape.layers} layers, "
+            f"### `{args.config}`"
+            + ("" if args.micro_batch == batch else f", micro-batch {args.micro_batch}")
+            + f": {shape.hidden} hidden, {shape.layers} layers, "
             f"{shape.intermediate} intermediate, {shape.heads} heads "
             f"({n_params / 1e6:.1f}M params)",
             "",
             f"{shape.prompts_per_step} prompts x G={shape.group_size} x {shape.max_new_tokens} "
             f"completion tokens (EOS suppressed) per step, prompts of {shape.prompt_tokens} "
             f"tokens, beta={args.beta}, mu=1, lr={args.lr}, micro-batch {args.micro_batch} "
-            f"sequences. {args.warmup} warm-up steps then {args.steps} timed steps per run, "
-            f"{args.rounds} alternating run(s) per trainer; s/step and tok/s are medians over "
-            f"runs, peak RSS the maximum.",
+            f"sequences, {'fp32' if args.fp32 else 'bf16 autocast'}. {args.warmup} warm-up "
+            f"steps then {args.steps} timed steps per run, {args.rounds} alternating runs per "
+            "trainer; s/step is the median over all timed steps of all runs, tok/s the "
+            "completion tokens of a step over it, peak RSS the largest of the runs.",
             "",
             fmt_table(rows),
             "",
@@ -440,14 +494,16 @@ def report(
             f"FLOPs per step: {total_flops / 1e9:.1f} G (generate {flops['generate'] / 1e9:.1f}, "
             f"reference {flops['reference'] / 1e9:.1f}, policy fwd+bwd "
             f"{flops['policy'] / 1e9:.1f}); matmul rate bf16 {rates['bfloat16'] / 1e9:.0f} "
-            f"GFLOP/s, fp32 {rates['float32'] / 1e9:.0f} GFLOP/s (2048x2048, "
-            f"{best[ours].threads} threads).",
+            f"GFLOP/s, fp32 {rates['float32'] / 1e9:.0f} GFLOP/s (2048x2048, torch, the better "
+            "of before and after the runs, "
+            f"{c[ours_keys[0]]['threads']} threads). Other processes kept up to {foreign:.2f} "
+            "cores busy during a run (0 = undisturbed).",
             "",
             f"Machine: {machine}. Versions: torch {v_ours.get('torch')}, transformers "
             f"{v_ours.get('transformers')} (ours) / {v_trl.get('transformers')} (TRL), trl "
-            f"{v_trl.get('trl')}, accelerate {v_trl.get('accelerate')}, vllm "
-            f"{v_trl.get('vllm') or 'not installed'}. Engines: ours {best[ours].engine}; "
-            + "; ".join(f"{k} {best[k].engine}" for k in trl_keys)
+            f"{v_trl.get('trl')}, accelerate {v_trl.get('accelerate')}, vllm(-cpu) "
+            f"{', '.join(vllm_versions) or 'not used'}. Engines: "
+            + "; ".join(f"{k} {m['engine']}" for k, m in c.items())
             + f". Date: {dt.date.today().isoformat()}.",
             "",
             f"Command: `{args.command_line}`",
@@ -459,10 +515,12 @@ def report(
         "params": n_params,
         "flops": flops,
         "matmul_rates": rates,
-        "trials": {k: [asdict(t) for t in ts] for k, ts in trials.items()},
-        "medians": med,
+        "contenders": c,
+        "runs": {k: [asdict(t) for t in ts] for k, ts in trials.items()},
         "ratios": ratios,
         "machine": machine,
+        "command": args.command_line,
+        "date": dt.date.today().isoformat(),
     }
     return md, summary
 
@@ -503,7 +561,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--config", choices=sorted(CONFIGS), default="tiny")
     ap.add_argument("--steps", type=int, help="timed steps per run (default: tiny 10, medium 5)")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of a run")
     ap.add_argument("--rounds", type=int, default=2, help="alternations: ours, TRL, ours, TRL, ...")
     ap.add_argument(
         "--trl-engine",
@@ -515,7 +573,8 @@ def main() -> None:
     ap.add_argument(
         "--ours-engine",
         default="auto",
-        help="rollout.engine for ours: auto (when the config accepts it), transformers, vllm",
+        help="rollout.engine for ours: auto, transformers, vllm, or a comma list of them, each "
+        "a contender (ratios are given for each)",
     )
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--beta", type=float, default=0.04)
@@ -542,10 +601,12 @@ def main() -> None:
     out = (args.out or REPO / "runs" / "bench" / args.config).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
+    if args.warmup < 1:
+        ap.error("--warmup must be at least 1 (the first step carries one-time costs)")
     trl_engines = ["vllm", "transformers"] if args.trl_engine == "both" else [args.trl_engine]
-    ours_py, ours_engine = ours_python_and_engine(args.ours_engine)
+    ours = [ours_python_and_engine(e.strip()) for e in args.ours_engine.split(",")]
     if not args.no_install:
-        pin = f"transformers=={transformers_version(ours_py)}"
+        pin = f"transformers=={transformers_version(ours[0][0])}"
         if "transformers" in trl_engines:
             ensure_trl_venv(TRL_VENV, False, pin)
         if "vllm" in trl_engines:
@@ -561,14 +622,14 @@ def main() -> None:
         f"{shape.max_new_tokens} completion tokens, micro-batch {args.micro_batch}",
         flush=True,
     )
-    print(f"ours: {ours_py} rollout.engine={ours_engine}; TRL: {', '.join(trl_engines)}")
+    for py, engine in ours:
+        print(f"ours: {py} rollout.engine={engine}")
+    print(f"TRL: {', '.join(trl_engines)} generation")
 
-    rates = matmul_rates(args.gemm_seconds)
-    print(
-        f"matmul rate: bf16 {rates['bfloat16'] / 1e9:.0f} GFLOP/s, "
-        f"fp32 {rates['float32'] / 1e9:.0f} GFLOP/s",
-        flush=True,
-    )
+    # measured before and after the runs; the roofline takes the better of the two, since a
+    # busy neighbour can only slow a measurement down
+    rates_before = matmul_rates(args.gemm_seconds)
+    print(f"matmul rate before the runs: {_fmt_rates(rates_before)}", flush=True)
 
     spec = {
         "model_dir": str(out / "model"),
@@ -582,14 +643,18 @@ def main() -> None:
         "seed": args.seed,
         "steps": args.warmup + args.steps,
         "bf16": not args.fp32,
-        "ours_engine": ours_engine,
     }
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.pop("VIRTUAL_ENV", None)
     if args.threads:
         env["OMP_NUM_THREADS"] = str(args.threads)
 
-    contenders = [("ours", ours_py, "_ours_worker.py", None)] + [
+    # (name, python, worker, engine)
+    contenders = [
+        ("ours" if len(ours) == 1 else f"ours-{engine}", py, "_ours_worker.py", engine)
+        for py, engine in ours
+    ]
+    contenders += [
         (
             f"trl-{e}",
             (TRL_VLLM_VENV if e == "vllm" else TRL_VENV) / "bin" / "python",
@@ -600,30 +665,44 @@ def main() -> None:
     ]
     trials: dict[str, list[Trial]] = {name: [] for name, *_ in contenders}
     for r in range(args.rounds):
-        for name, py, worker, trl_engine in contenders:
+        for name, py, worker, engine in contenders:
             tag = f"{name}-r{r}"
             work_dir = out / "work" / tag
             shutil.rmtree(work_dir, ignore_errors=True)  # ours appends to metrics.jsonl
-            child_spec = dict(spec, work_dir=str(work_dir), trl_engine=trl_engine)
+            child_spec = dict(spec, work_dir=str(work_dir), engine=engine)
             spec_path, result_path = out / f"{tag}.spec.json", out / f"{tag}.result.json"
             spec_path.write_text(json.dumps(child_spec, indent=1))
             result_path.unlink(missing_ok=True)
             cmd = [str(py), str(BENCH / worker), str(spec_path), str(result_path)]
             print(f"[round {r + 1}/{args.rounds}] {name} ...", end=" ", flush=True)
-            code, peak, wall = run_child(cmd, env, out / f"{tag}.log")
-            if code != 0 or not result_path.exists():
+            child = run_child(cmd, env, out / f"{tag}.log")
+            if child.returncode != 0 or not result_path.exists():
                 tail = (out / f"{tag}.log").read_text().splitlines()[-25:]
-                print(f"FAILED (exit {code}); log {out / f'{tag}.log'}:\n  " + "\n  ".join(tail))
+                print(
+                    f"FAILED (exit {child.returncode}); log {out / f'{tag}.log'}:\n  "
+                    + "\n  ".join(tail)
+                )
                 continue
-            t = summarise(json.loads(result_path.read_text()), args.warmup, peak, wall)
+            t = summarise(json.loads(result_path.read_text()), args.warmup, child)
+            want = batch * shape.max_new_tokens
+            if any(n != want for n in t.tokens_per_step):
+                sys.exit(
+                    f"{name}: generated {sorted(set(t.tokens_per_step))} completion tokens per "
+                    f"step, not {batch} x {shape.max_new_tokens} = {want}: the two trainers are "
+                    "not doing the same work"
+                )
             trials[name].append(t)
             print(
-                f"{t.sec_per_step:.3f} s/step, {t.tokens_per_s:.0f} tok/s, "
-                f"peak RSS {t.peak_rss_mib:.0f} MiB, engine {t.engine} ({wall:.0f} s)",
+                f"median {statistics.median(t.step_s):.3f} s/step (mean "
+                f"{statistics.fmean(t.step_s):.3f}), peak RSS {t.peak_rss_mib:.0f} MiB, "
+                f"engine {t.engine}, other load {t.foreign_cores:.2f} cores ({child.wall_s:.0f} s)",
                 flush=True,
             )
+    rates_after = matmul_rates(args.gemm_seconds)
+    print(f"matmul rate after the runs: {_fmt_rates(rates_after)}", flush=True)
+    rates = {k: max(rates_before[k], rates_after[k]) for k in rates_before}
     trials = {k: v for k, v in trials.items() if v}
-    if "ours" not in trials:
+    if not any(k.startswith("ours") for k in trials):
         sys.exit("our trainer failed in every round; see the logs above")
     md, summary = report(args, shape, n_params, flops, rates, trials)
     print("\n" + md)
@@ -631,7 +710,9 @@ def main() -> None:
     (out / "summary.md").write_text(md + "\n")
     print(f"\nwritten: {out / 'summary.md'}, {out / 'summary.json'}")
     if args.write_docs:
-        write_docs(REPO / "docs" / "benchmarks.md", args.config, md)
+        whole_batch = args.micro_batch == batch
+        section = args.config if whole_batch else f"{args.config}-micro{args.micro_batch}"
+        write_docs(REPO / "docs" / "benchmarks.md", section, md)
         print(f"updated {REPO / 'docs' / 'benchmarks.md'}")
 
 
