@@ -24,6 +24,7 @@ def make_engine(
     seed: int,
     trust_remote_code: bool = False,
     vllm_enforce_eager: bool = False,
+    vllm_max_num_seqs: int | None = None,
 ) -> RolloutEngine:
     """The engine for ``kind``.
 
@@ -32,7 +33,8 @@ def make_engine(
     loading is what gets sampled); it fails with install instructions when vllm does not
     import. ``"auto"`` is vLLM when it imports, else transformers.
 
-    ``max_batch_rows`` bounds the sequences generated at once (vLLM: ``max_num_seqs``);
+    ``max_batch_rows`` bounds the sequences generated at once (vLLM: ``max_num_seqs``, unless
+    ``vllm_max_num_seqs`` is given: the KV cache is sized for that many sequences);
     ``max_model_len`` is prompt + completion tokens (vLLM only; None = the model's limit).
     """
     if kind not in ENGINE_KINDS:
@@ -58,7 +60,7 @@ def make_engine(
             memory_fraction=vllm_memory_fraction,
             max_model_len=max_model_len,
             seed=seed,
-            max_num_seqs=max_batch_rows,
+            max_num_seqs=vllm_max_num_seqs or max_batch_rows,
             enforce_eager=vllm_enforce_eager,
             trust_remote_code=trust_remote_code,
         )

@@ -182,6 +182,9 @@ def setup(cfg: GRPOConfig) -> Run:
         seed=cfg.train.seed,
         trust_remote_code=cfg.model.trust_remote_code,
         vllm_enforce_eager=r.vllm_enforce_eager,
+        # a step samples batch_size sequences; a KV cache for more only costs memory
+        # (evaluation of more prompts runs in waves)
+        vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
     )
     o = cfg.optim
     optimizer = torch.optim.AdamW(
