@@ -81,10 +81,10 @@ def build_model(shape: Shape, out: Path, seed: int) -> int:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    from make_tiny_model import build_tokenizer
+    sys.path.insert(0, str(REPO / "src"))
+    from grpo.data.char_tokenizer import build_char_tokenizer
 
-    tokenizer = build_tokenizer()
+    tokenizer = build_char_tokenizer()
     assert len(tokenizer) <= shape.vocab
     torch.manual_seed(seed)
     cfg = LlamaConfig(

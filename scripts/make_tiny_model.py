@@ -31,38 +31,16 @@ import argparse
 import json
 import math
 import random
-import string
 import sys
 import time
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from grpo.data.arithmetic import generate_problems  # noqa: E402
-
-SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
-TAGS = ["<think>", "</think>", "<answer>", "</answer>"]
-
-
-def build_tokenizer() -> PreTrainedTokenizerFast:
-    """One token per printable ASCII character, plus the four format tags as whole tokens."""
-    chars = [c for c in string.printable if c not in "\x0b\x0c\r"]
-    vocab = {tok: i for i, tok in enumerate(SPECIAL + chars)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-    )
-    fast.add_tokens(TAGS)  # ordinary (non-special) tokens: they survive skip_special_tokens
-    fast.padding_side = "left"
-    return fast
+from grpo.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 
 
 def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausalLM:
@@ -153,7 +131,7 @@ def main() -> None:
     t0 = time.time()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     rng = random.Random(args.seed)
-    tokenizer = build_tokenizer()
+    tokenizer = build_char_tokenizer()
     model = build_model(tokenizer, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")

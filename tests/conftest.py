@@ -6,27 +6,16 @@ it back with the trainer's own loaders, exactly as a user's model directory is r
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from grpo.data.char_tokenizer import build_char_tokenizer
 
 # Tiny models gain nothing from intra-op threads, and on a shared CPU the threads' spin-waiting
 # makes each small op ~100x slower.
 torch.set_num_threads(1)
-
-
-def _load_build_tokenizer():
-    spec = importlib.util.spec_from_file_location(
-        "_grpo_make_tiny_model", REPO / "scripts" / "make_tiny_model.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tokenizer
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +23,7 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding a 2-layer Llama (vocab 128, hidden 32) and its tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _load_build_tokenizer()()
+    tokenizer = build_char_tokenizer()
     assert len(tokenizer) <= 128
     cfg = LlamaConfig(
         vocab_size=128,
@@ -67,7 +56,7 @@ def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     position ids can only fail on a model like this one."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tokenizer = _load_build_tokenizer()()
+    tokenizer = build_char_tokenizer()
     cfg = GPT2Config(
         vocab_size=128,
         n_embd=32,

@@ -2,34 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
 
+from grpo.data.char_tokenizer import build_char_tokenizer
 from grpo.rewards import RewardFunction, RewardModel, RewardSpecError, score_completions
 
-REPO = Path(__file__).resolve().parents[2]
 CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
 PROMPTS = ["What is 2+2?", "Name a colour.", "Say hi", "Count to three, slowly please."]
 COMPLETIONS = ["4", "Blue, or maybe a dark green.", "hi!", "one... two... three"]
 
 
-def _build_tokenizer():
-    spec = importlib.util.spec_from_file_location(
-        "_grpo_make_tiny_model_rm", REPO / "scripts" / "make_tiny_model.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tokenizer()
-
-
 def _save_classifier(path: Path, *, num_labels: int = 1, chat: bool = False) -> Path:
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_char_tokenizer()
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(

@@ -9,7 +9,6 @@ float32 kernel noise (measured ~2e-4; the tolerance is 2e-3).
 from __future__ import annotations
 
 import copy
-import importlib.util
 import os
 from pathlib import Path
 
@@ -24,6 +23,7 @@ if os.environ.get("GRPO_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm")
 
+from grpo.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from grpo.rollout.base import SamplingSettings  # noqa: E402
 from grpo.rollout.factory import make_engine  # noqa: E402
 from grpo.rollout.transformers_engine import TransformersEngine  # noqa: E402
@@ -32,22 +32,11 @@ from grpo.train.batch import build_batch  # noqa: E402
 from grpo.train.logprob_pass import completion_logprobs  # noqa: E402
 from grpo.train.models import load_policy, load_tokenizer  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[2]
 LOGP_ATOL = 2e-3
 # Longer than one KV block (128 tokens on the CPU backend), so the prefix cache holds a full
 # block of this prompt between calls.
 LONG = "The quick brown fox jumps over the lazy dog. " * 3
 PROMPTS = ["Q: 12+7\n", "Hello", "<think>", "a", LONG]
-
-
-def _build_tokenizer():
-    spec = importlib.util.spec_from_file_location(
-        "_grpo_make_tiny_model_vllm", REPO / "scripts" / "make_tiny_model.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.build_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +46,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     defaults must be ignored."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _build_tokenizer()
+    tokenizer = build_char_tokenizer()
     cfg = LlamaConfig(
         vocab_size=128,
         hidden_size=256,
