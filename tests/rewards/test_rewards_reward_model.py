@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_models import tiny_llama_config
 
 from grpo.data.char_tokenizer import build_char_tokenizer
 from grpo.rewards import RewardFunction, RewardModel, RewardSpecError, score_completions
@@ -16,24 +17,17 @@ COMPLETIONS = ["4", "Blue, or maybe a dark green.", "hi!", "one... two... three"
 
 
 def _save_classifier(path: Path, *, num_labels: int = 1, chat: bool = False) -> Path:
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+    from transformers import LlamaForSequenceClassification
 
     tokenizer = build_char_tokenizer()
     if chat:
         tokenizer.chat_template = CHAT_TEMPLATE
-    config = LlamaConfig(
-        vocab_size=128,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
+    config = tiny_llama_config(
+        tokenizer,
         max_position_embeddings=256,
+        tie_word_embeddings=False,
         num_labels=num_labels,
         initializer_range=0.5,  # spread-out scores, so that a wrong one cannot pass by chance
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(0)
     LlamaForSequenceClassification(config).save_pretrained(path)

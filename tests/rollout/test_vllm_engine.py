@@ -23,6 +23,8 @@ if os.environ.get("GRPO_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm")
 
+from tiny_models import tiny_llama_config  # noqa: E402
+
 from grpo.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from grpo.rollout.base import SamplingSettings  # noqa: E402
 from grpo.rollout.factory import make_engine  # noqa: E402
@@ -44,22 +46,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random Llama with shapes vLLM's CPU kernels take (head_dim 64), peaked enough (init
     0.3) that greedy decoding has no near-ties, and a generation_config.json whose sampling
     defaults must be ignored."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tokenizer = build_char_tokenizer()
-    cfg = LlamaConfig(
-        vocab_size=128,
+    cfg = tiny_llama_config(
+        tokenizer,
         hidden_size=256,
         intermediate_size=512,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
         max_position_embeddings=256,
-        tie_word_embeddings=True,
         initializer_range=0.3,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
     )
     torch.manual_seed(2024)
     model = LlamaForCausalLM(cfg)
