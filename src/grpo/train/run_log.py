@@ -68,12 +68,19 @@ class RunLog:
         )
         self.bar.update(1)
 
+    def resumed(self, step: int) -> None:
+        """The progress bar starts at the resumed step."""
+        self.bar.update(step)
+
     def write(self, message: str) -> None:
         if self.enabled:
             tqdm.write(message)
 
     def close(self) -> None:
+        if self.bar is None:
+            return
         self.bar.close()
+        self.bar = None
         for f in (self._metrics, self._samples):
             if f is not None:
                 f.close()
