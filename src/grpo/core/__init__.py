@@ -17,7 +17,12 @@ from grpo.core.advantages import (
 )
 from grpo.core.filtering import informative_groups, mask_truncated
 from grpo.core.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_penalty, kl_reward_penalty
-from grpo.core.logprobs import logprobs_from_hidden, token_entropy, token_logprobs
+from grpo.core.logprobs import (
+    logprobs_from_hidden,
+    sampling_threshold,
+    token_entropy,
+    token_logprobs,
+)
 from grpo.core.policy_loss import (
     AGGREGATION_ALIASES,
     LOSS_AGGREGATIONS,
@@ -67,6 +72,7 @@ __all__ = [
     "micro_batch_token_mean",
     "process_advantages",
     "rloo_advantages",
+    "sampling_threshold",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "token_entropy",
