@@ -25,7 +25,7 @@ def test_defaults_load_and_validate():
     assert cfg.model.name_or_path == BUILTIN_MODEL
     assert cfg.algorithm.group_size == 8
     assert cfg.train.batch_size == 64
-    assert cfg.algorithm.loss_aggregation == "seq_mean_token_mean"
+    assert cfg.algorithm.loss_aggregation == "grpo"  # ppo_clip's default, = seq_mean_token_mean
     assert cfg.rollout.stop == []
     assert [(r.name, r.weight) for r in cfg.rewards] == [("accuracy", 1.0), ("format", 0.2)]
     assert all(isinstance(r, RewardConfig) for r in cfg.rewards)

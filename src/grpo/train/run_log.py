@@ -1,4 +1,5 @@
-"""What a run writes: metrics.jsonl, samples.jsonl, the progress bar, curves.png."""
+"""What a run writes: metrics.jsonl, samples.jsonl, the progress bar, curves.png, and the same
+metrics to the experiment trackers of ``log.trackers`` (``train/trackers.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from grpo.train.trackers import Trackers
 
 
 def _clean(value: Any) -> Any:
@@ -20,8 +23,16 @@ def _clean(value: Any) -> Any:
 class RunLog:
     """Appends one JSON object per line; the progress bar shows the key numbers."""
 
-    def __init__(self, run_dir: Path, total_steps: int, *, progress_bar: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        *,
+        progress_bar: bool,
+        trackers: Trackers | None = None,
+    ) -> None:
         self.run_dir = run_dir
+        self.trackers = trackers or Trackers([])
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self._metrics = self.metrics_path.open("a", encoding="utf-8")
@@ -40,6 +51,7 @@ class RunLog:
         self.history.append(record)
         self._metrics.write(json.dumps(record) + "\n")
         self._metrics.flush()
+        self.trackers.log(step, record)  # every scalar of the line, at its step
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         for row in rows:
@@ -63,6 +75,7 @@ class RunLog:
         tqdm.write(message)
 
     def close(self) -> None:
+        self.trackers.close()
         self.bar.close()
         self._metrics.close()
         self._samples.close()

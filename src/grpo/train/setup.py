@@ -28,6 +28,7 @@ from grpo.train.models import (
 from grpo.train.run_log import RunLog
 from grpo.train.task_data import load_rows, tokenize_prompts
 from grpo.train.timing import PhaseTimer
+from grpo.train.trackers import Trackers, check_trackers_available, make_trackers
 
 
 @dataclass
@@ -113,6 +114,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 
+    check_trackers_available(list(cfg.log.trackers))  # a missing extra fails before any model
     reward_fns = build_reward_functions(cfg)
     step_reward = build_step_reward(cfg)
     required = sorted(set().union(*(f.required_columns() for f in reward_fns)))
@@ -185,8 +187,32 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         compute_dtype=compute_dtype,
-        log=RunLog(run_dir, cfg.train.steps, progress_bar=cfg.log.progress_bar),
+        log=RunLog(
+            run_dir,
+            cfg.train.steps,
+            progress_bar=cfg.log.progress_bar,
+            trackers=build_trackers(cfg, world, run_dir),
+        ),
         step_reward=step_reward,
+    )
+
+
+def build_trackers(
+    cfg: GRPOConfig, world: World, run_dir: Path, resume: dict[str, Any] | None = None
+) -> Trackers:
+    """``log.trackers`` on the main process (the run directory is rank 0's); none elsewhere.
+    ``resume``: a saved ``Trackers.state_dict()`` continues the same tracker runs."""
+    if not world.is_main or not cfg.log.trackers:
+        return Trackers([])
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return make_trackers(
+        list(cfg.log.trackers),
+        run_dir,
+        config=config,  # type: ignore[arg-type]
+        wandb_project=cfg.log.wandb_project or None,
+        resume=resume,
     )
 
 
