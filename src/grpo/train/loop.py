@@ -180,7 +180,7 @@ def _train(run: Run, started: float) -> dict[str, Any]:
     # one process can abort a long step 20 s after the signal; ranks always finish the step
     with interrupt.handling_stops(None if world.distributed else STEP_ABORT_AFTER_S):
         while state.step < run.total_steps:
-            at_start = state.state_dict()
+            at_start = _trainer_state(run, state)
             try:
                 metrics = rl_step(run, state)
             except interrupt.StepAborted:
@@ -197,10 +197,10 @@ def _train(run: Run, started: float) -> dict[str, Any]:
             log.progress(metrics)
             stop = any_rank(world, interrupt.requested() is not None)
             if save_every and state.step % save_every == 0:
-                run.checkpoints.save(run, state.state_dict())
+                run.checkpoints.save(run, _trainer_state(run, state))
                 saved_at = state.step
             if stop:
-                raise _stop(run, state.state_dict(), saved_at)
+                raise _stop(run, _trainer_state(run, state), saved_at)
             if out_of_time and state.step < run.total_steps:
                 minutes = cfg.train.time_limit_minutes
                 log.write(f"time limit of {minutes} min reached at step {state.step}")
@@ -210,6 +210,12 @@ def _train(run: Run, started: float) -> dict[str, Any]:
         log.metrics(state.step, after)
     log.close()
     return finish(run, state, before, after, started)
+
+
+def _trainer_state(run: Run, state: TrainState) -> dict[str, Any]:
+    """What a checkpoint of this moment saves: the loop's state and the trackers' run ids."""
+    state.trackers = run.log.trackers.state_dict()
+    return state.state_dict()
 
 
 # How long after SIGTERM/SIGINT a single-process step may still run before it is aborted.

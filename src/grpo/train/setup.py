@@ -33,6 +33,7 @@ from grpo.train.run_log import RunLog
 from grpo.train.sharding import full_weights, is_sharded, shard
 from grpo.train.task_data import load_rows, tokenize_prompts
 from grpo.train.timing import PhaseTimer
+from grpo.train.trackers import Trackers, check_trackers_available, make_trackers
 
 
 @dataclass
@@ -139,6 +140,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 
+    check_trackers_available(list(cfg.log.trackers))  # a missing extra fails before any model
     reward_fns = build_reward_functions(cfg)
     step_reward = build_step_reward(cfg)
     required = sorted(set().union(*(f.required_columns() for f in reward_fns)))
@@ -257,12 +259,42 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         compute_dtype=compute_dtype,
-        log=RunLog(run_dir, total_steps, progress_bar=cfg.log.progress_bar, enabled=world.is_main),
+        log=RunLog(
+            run_dir,
+            total_steps,
+            progress_bar=cfg.log.progress_bar,
+            enabled=world.is_main,
+            trackers=build_trackers(cfg, world, run_dir, resume_from=decision.resume_from),
+        ),
         step_reward=step_reward,
         total_steps=total_steps,
         checkpoints=CheckpointManager(run_dir, world, cfg.train.keep_last),
         resume_from=decision.resume_from,
         lock=lock,
+    )
+
+
+def build_trackers(
+    cfg: GRPOConfig, world: World, run_dir: Path, resume_from: Path | None = None
+) -> Trackers:
+    """``log.trackers`` on the main process (the run directory is rank 0's); none elsewhere.
+    ``resume_from``: a checkpoint whose saved tracker state continues the same tracker runs."""
+    if not world.is_main or not cfg.log.trackers:
+        return Trackers([])
+    resume, resume_step = None, 0
+    if resume_from is not None:
+        saved = torch.load(resume_from / "trainer.pt", weights_only=False)["state"]
+        resume, resume_step = saved.get("trackers") or None, int(saved["step"])
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+    return make_trackers(
+        list(cfg.log.trackers),
+        run_dir,
+        config=config,  # type: ignore[arg-type]
+        wandb_project=cfg.log.wandb_project or None,
+        resume=resume,
+        resume_step=resume_step,
     )
 
 

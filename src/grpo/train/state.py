@@ -135,7 +135,7 @@ class TrainState:
     step: int = 0
     tokens: int = 0
     train_seconds: float = 0.0
-    trackers: dict[str, str] = field(default_factory=dict)
+    trackers: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         return {
