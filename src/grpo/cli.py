@@ -9,6 +9,7 @@ import textwrap
 from collections.abc import Sequence
 
 from grpo.config import ConfigError, field_docs, load_config
+from grpo.launch import main as _cmd_launch
 
 
 def _train_help() -> str:
@@ -168,7 +169,7 @@ def _cmd_eval(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": _cmd_train, "eval": _cmd_eval}
+    commands = {"train": _cmd_train, "eval": _cmd_eval, "launch": _cmd_launch}
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(
             textwrap.dedent("""\
@@ -176,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
               grpo train [--config FILE] [key=value ...]   train with GRPO (--help lists every key)
               grpo eval MODEL [--data FILE] [--k 1 8]      greedy accuracy and pass@k
+              grpo launch {local,ray,slurm} [--config FILE] [key=value ...]   on every rank
             """)
         )
         return 0 if not argv or argv[0] in ("-h", "--help") else 2
