@@ -57,6 +57,8 @@ def test_backend_specific_errors_name_the_key(tmp_path):
         common.make_job("local", None, ["launch.nnodes=2", "launch.master_port=29500"])
     with pytest.raises(ConfigError, match="'launch.gpus_per_node'"):
         ray_backend.plan(job(tmp_path, "ray", "launch.nproc_per_node=2", "launch.gpus_per_node=3"))
+    with pytest.raises(ConfigError, match="'launch.stop_grace_s'"):
+        slurm.script(job(tmp_path, "slurm", "launch.stop_grace_s=200"))
     with pytest.raises(ConfigError, match="'launch.wait'"):
         ray_backend.plan(job(tmp_path, "ray", "launch.wait=false"))
     assert main(["launch", "kubernetes"]) == 2
@@ -66,23 +68,28 @@ def test_run_dir_is_fixed_once_and_passed_to_every_rank(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = tmp_path / "run.yaml"
     cfg.write_text("train:\n  steps: 3\n")
-    j = common.make_job("ray", "run.yaml", ["train.output_dir=out/{timestamp}", "train.seed=4"])
+    j = common.make_job(
+        "ray",
+        "run.yaml",
+        ["train.output_dir=out/{timestamp}", "train.seed=4", "launch.nproc_per_node=2"],
+    )
     assert re.fullmatch(r"\d{8}-\d{6}", j.run_dir.name) and j.run_dir.parent == tmp_path / "out"
-    assert j.log_dir == j.run_dir / "logs"
-    # the same config and overrides as `grpo train`, the resolved directory last (it wins)
+    assert j.log_dir == j.run_dir / "logs" and j.world_size == 2
+    # the same config and overrides as `grpo train`; launch.* (which it ignores) left out, the
+    # output directory replaced by the one resolved here
     assert j.payload == [
         "-m",
         "grpo",
         "train",
         "--config",
         str(cfg),
-        "train.output_dir=out/{timestamp}",
         "train.seed=4",
         f"train.output_dir={j.run_dir}",
     ]
     # a directory with characters YAML would misread survives the round trip
     odd = tmp_path / "a b,{c}"
     j = common.make_job("slurm", None, [f"train.output_dir={json.dumps(str(odd))}"])
+    assert j.payload[3:] == [f"train.output_dir={json.dumps(str(odd))}"]
     assert load_config(None, j.payload[3:]).train.output_dir == str(odd)
 
 

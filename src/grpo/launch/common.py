@@ -60,6 +60,10 @@ def _yaml_str(value: str) -> str:
     return value if re.fullmatch(r"[A-Za-z0-9_./+-]+", value) else json.dumps(value)
 
 
+def _override_key(item: str) -> str:
+    return item.partition("=")[0].strip()
+
+
 def resolve_run_dir(pattern: str, backend: str, nnodes: int) -> Path:
     """``train.output_dir`` with ``{timestamp}`` filled in once, here, so that every rank
     writes to the same directory (the trainer's own format: YYYYmmdd-HHMMSS)."""
@@ -95,8 +99,11 @@ def make_job(
         args = ["-m", "grpo", "train"]
         if config_path is not None:
             args += ["--config", str(Path(config_path).absolute())]
-        # the resolved directory last: later overrides win
-        payload = [*args, *overrides, f"train.output_dir={_yaml_str(str(run_dir))}"]
+        # the trainer ignores launch.*, and gets the directory resolved here in place of the
+        # user's (a {timestamp} filled in once, an absolute path)
+        kept = [o for o in overrides if not _override_key(o).startswith(("launch.", "launch="))]
+        kept = [o for o in kept if _override_key(o) != "train.output_dir"]
+        payload = [*args, *kept, f"train.output_dir={_yaml_str(str(run_dir))}"]
     return Job(
         backend=backend,
         cfg=cfg,

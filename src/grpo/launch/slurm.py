@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from grpo.config import ConfigError
 from grpo.launch.common import (
     Job,
     LogFollower,
@@ -45,8 +46,19 @@ TERMINAL = {
 }
 
 
+def check(job: Job) -> None:
+    lc = job.launch
+    if lc.stop_grace_s >= lc.signal_before_s:
+        raise ConfigError(
+            f"key 'launch.stop_grace_s': {lc.stop_grace_s} s to save after SIGTERM does not fit "
+            f"in the launch.signal_before_s={lc.signal_before_s} s between Slurm's SIGTERM and "
+            "the time limit; raise signal_before_s or lower stop_grace_s"
+        )
+
+
 def script(job: Job) -> str:
     """The sbatch script of this job (what ``launch.dry_run=true`` prints)."""
+    check(job)
     lc = job.launch
     q = shlex.quote
     cpus = max(1, lc.cpus_per_rank) * lc.nproc_per_node
@@ -124,8 +136,14 @@ def script(job: Job) -> str:
 
 def _wrap(words: list[str]) -> list[str]:
     """Shell words in lines of about 88 characters (the script is meant to be read)."""
+    units: list[str] = []
+    for w in words:  # an option and its value stay on one line: "-m grpo.launch.rank"
+        if units and units[-1] in ("-m", "--config"):
+            units[-1] += " " + w
+        else:
+            units.append(w)
     out, line = [], ""
-    for w in words:
+    for w in units:
         if line and len(line) + 1 + len(w) > 88:
             out.append(line)
             line = w
