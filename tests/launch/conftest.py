@@ -70,7 +70,7 @@ def read_ranks(out: Path, world: int) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_cluster():
     """A real local Ray cluster of 2 logical CPUs in this process; launchers join it."""
     if os.environ.get("GRPO_REQUIRE_RAY") == "1":

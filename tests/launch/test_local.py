@@ -90,3 +90,24 @@ def test_two_nodes_a_failure_on_node_1_stops_node_0(tmp_path):
     for code, out, err, ended in results:
         check_failure(Finished(code, out, err, 0.0), tmp_path / "run/logs", 1, ended)
     assert "rank 1 failed on" in results[0][2] and "stopping this node's ranks [0]" in results[0][2]
+
+
+def test_wait_false_returns_while_the_ranks_run_on(tmp_path):
+    from grpo.launch.records import read_records
+
+    out = tmp_path / "out"
+    fin = run_launch(
+        "local",
+        ["launch.nproc_per_node=2", f"train.output_dir={tmp_path}", "launch.wait=false"],
+        payload(out),
+        cwd=tmp_path,
+    )
+    assert fin.code == 0 and "started torchrun (pid" in fin.err, fin.err
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        records = read_records(tmp_path / "logs")
+        if len(records) == 2 and all(r.exit_code is not None for r in records.values()):
+            break
+        time.sleep(0.5)
+    assert [records[r].exit_code for r in (0, 1)] == [0, 0]
+    assert [r["sum"] for r in read_ranks(out, 2)] == [3.0, 3.0]

@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from grpo.config import ConfigError
@@ -126,7 +127,9 @@ def run(job: Job) -> int:
         if proc.poll() is None:
             proc.send_signal(signum)
 
-    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old = {}
+    if threading.current_thread() is threading.main_thread():  # else Python refuses handlers
+        old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     follower = LogFollower(first_log(job, ranks[0]))
     failed_at: float | None = None  # when we first saw a failed rank
     killed = False

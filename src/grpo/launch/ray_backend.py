@@ -29,11 +29,17 @@ POLL_S = 0.5
 PG_TIMEOUT_S = 120.0
 
 
+try:  # looked up here, not in the forked child (dlopen after fork can deadlock)
+    _prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
 def _die_with_parent() -> None:
     """In the rank's process before exec: SIGKILL it if the actor dies (ray.kill, lost driver),
     so no trainer outlives its actor. Linux only; elsewhere a no-op."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if _prctl is not None:
+        _prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class RankActor:

@@ -32,6 +32,7 @@ from grpo.launch.common import (
 from grpo.launch.records import tail
 
 POLL_S = 1.0
+LOST_S = 60.0  # a job neither scontrol nor sacct knows for this long is lost to us
 TERMINAL = {
     "COMPLETED",
     "FAILED",
@@ -213,10 +214,19 @@ def follow(job: Job, job_id: str, out_file: Path) -> int:
     cancelled = interrupted = False
     state, code = "PENDING", None
     shown_state = ""
+    unknown_since: float | None = None
     while True:
         try:
             follower.pump()
             state, code = job_state(job_id)
+            if state == "UNKNOWN":
+                unknown_since = unknown_since or time.monotonic()
+                if time.monotonic() - unknown_since > LOST_S:
+                    say(f"neither scontrol nor sacct knows job {job_id} any more; stop following")
+                    break
+                time.sleep(POLL_S)
+                continue
+            unknown_since = None
             if state != shown_state and state not in ("RUNNING", "COMPLETING"):
                 say(f"job {job_id}: {state}")
             shown_state = state
