@@ -70,13 +70,19 @@ def read_ranks(out: Path, world: int) -> list[dict]:
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    """A real local Ray cluster of 2 logical CPUs in this process; launchers join it."""
+@pytest.fixture(scope="session")
+def ray_installed():
     if os.environ.get("GRPO_REQUIRE_RAY") == "1":
         import ray
     else:
         ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'grpo[ray]'")
+    return ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(ray_installed):
+    """A real local Ray cluster of 2 logical CPUs in this process; launchers join it."""
+    ray = ray_installed
     ray.init(
         num_cpus=2,
         include_dashboard=False,
