@@ -18,30 +18,39 @@ def _clean(value: Any) -> Any:
 
 
 class RunLog:
-    """Appends one JSON object per line; the progress bar shows the key numbers."""
+    """Appends one JSON object per line; the progress bar shows the key numbers.
 
-    def __init__(self, run_dir: Path, total_steps: int, *, progress_bar: bool) -> None:
+    Only the main process writes (``enabled``); on the other ranks every call is a no-op but
+    ``history``, so the same code runs everywhere."""
+
+    def __init__(
+        self, run_dir: Path, total_steps: int, *, progress_bar: bool, enabled: bool = True
+    ) -> None:
         self.run_dir = run_dir
+        self.enabled = enabled
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
-        self._metrics = self.metrics_path.open("a", encoding="utf-8")
-        self._samples = self.samples_path.open("a", encoding="utf-8")
+        self._metrics = self.metrics_path.open("a", encoding="utf-8") if enabled else None
+        self._samples = self.samples_path.open("a", encoding="utf-8") if enabled else None
         self.history: list[dict[str, Any]] = []
         self.bar = tqdm(
             total=total_steps,
             desc="grpo",
             unit="step",
-            disable=not progress_bar,
+            disable=not (progress_bar and enabled),
             dynamic_ncols=True,
         )
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
         self.history.append(record)
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if self._samples is None:
+            return
         for row in rows:
             self._samples.write(json.dumps({"step": step, **row}, default=str) + "\n")
         self._samples.flush()
@@ -60,12 +69,14 @@ class RunLog:
         self.bar.update(1)
 
     def write(self, message: str) -> None:
-        tqdm.write(message)
+        if self.enabled:
+            tqdm.write(message)
 
     def close(self) -> None:
         self.bar.close()
-        self._metrics.close()
-        self._samples.close()
+        for f in (self._metrics, self._samples):
+            if f is not None:
+                f.close()
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

@@ -3,6 +3,7 @@ are), then the run directory, the models, the engine and the optimizer."""
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -17,7 +18,8 @@ from grpo.core import lr_lambda_warmup_cosine
 from grpo.rewards import RewardFunction
 from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
-from grpo.train.distributed import SINGLE, World
+from grpo.train.distributed import SINGLE, World, broadcast_object
+from grpo.train.logprob_pass import PolicyLogprobs
 from grpo.train.models import (
     autocast_dtype,
     frozen_reference,
@@ -26,6 +28,7 @@ from grpo.train.models import (
     resolve_model_path,
 )
 from grpo.train.run_log import RunLog
+from grpo.train.sharding import full_weights, is_sharded, shard
 from grpo.train.task_data import load_rows, tokenize_prompts
 from grpo.train.timing import PhaseTimer
 
@@ -37,8 +40,10 @@ class Run:
     cfg: GRPOConfig
     world: World
     run_dir: Path
-    model: PreTrainedModel
-    reference: PreTrainedModel | None  # None exactly when no step has beta > 0
+    # the trained module: the transformers model, or on several ranks the sharded
+    # PolicyLogprobs around it; see ``hf_model``
+    model: torch.nn.Module
+    reference: torch.nn.Module | None  # None exactly when no step has beta > 0
     tokenizer: Any
     engine: RolloutEngine
     reward_fns: list[RewardFunction]
@@ -52,6 +57,32 @@ class Run:
     log: RunLog
     step_reward: RewardFunction | None = None  # advantage = process: the step reward function
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model being trained (inside the FSDP wrapper when sharded)."""
+        return self.model.lm if isinstance(self.model, PolicyLogprobs) else self.model
+
+    def sync_engine(self) -> None:
+        """Give the engine the policy's current weights: nothing to do when it samples from the
+        trained module itself; the full weights gathered from the shards when sharded."""
+        if is_sharded(self.model):
+            dtype = getattr(self.engine, "dtype", None) or torch.float32
+            self.engine.load_weights(full_weights(self.model, dtype))
+        else:
+            self.engine.sync_weights(self.model)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The policy's full weights (fp32, checkpoint names) on the main rank, None elsewhere;
+        with shards a collective, so every rank calls it."""
+        if not is_sharded(self.model):
+            return None
+        weights = full_weights(self.model, torch.float32)
+        if self.world.is_main:
+            return {name: t.cpu() for name, t in weights}
+        for _ in weights:  # take part in every gather
+            pass
+        return None
 
     def close(self) -> None:
         """Free engines, worker pools and reward models."""
@@ -131,9 +162,18 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     missing = [c for c in required if c not in train_rows[0]]
     if missing:
         raise ValueError(f"rewards need columns {missing} that the training rows do not have")
+    world.shares(
+        cfg.train.batch_size // cfg.algorithm.group_size,
+        "train.batch_size / algorithm.group_size (prompts per step; each rank samples whole "
+        "groups)",
+    )
 
-    run_dir = make_run_dir(cfg.train.output_dir)
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    # rank 0 names the directory ({timestamp} could differ between ranks) and alone writes
+    run_dir = Path(
+        broadcast_object(world, str(make_run_dir(cfg.train.output_dir)) if world.is_main else None)
+    )
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
 
     device = world.device()
     path = resolve_model_path(cfg.model.name_or_path)
@@ -144,6 +184,13 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     compute_dtype = autocast_dtype(cfg.model.dtype, device)
     reference = frozen_reference(model, compute_dtype) if uses_reference_model(cfg) else None
     model.train()
+    # With several ranks the policy is sharded, so the transformers engine generates from an
+    # unsharded inference copy that receives the full weights after every step
+    # (docs/scaling.md); vLLM engines always hold their own copy.
+    engine_model = model
+    if world.distributed:
+        engine_model = copy.deepcopy(model)
+        engine_model.requires_grad_(False)
 
     tok = dict(prompt_column=d.prompt_column, system_prompt=d.system_prompt)
     train_prompt_ids = tokenize_prompts(train_rows, tokenizer, **tok)
@@ -154,7 +201,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     # vLLM before the optimizer: on a GPU its memory share must be free when it starts
     engine = make_engine(
         r.engine,
-        model=model,
+        model=engine_model,
         tokenizer=tokenizer,
         model_path=path,
         autocast_dtype=compute_dtype,
@@ -168,6 +215,10 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         # (evaluation of more prompts runs in waves)
         vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
     )
+    if world.distributed:
+        model = shard(PolicyLogprobs(model), world, compute_dtype)
+        if reference is not None:
+            reference = shard(PolicyLogprobs(reference), world, compute_dtype)
     optimizer, scheduler = build_optimizer(cfg, model)
     return Run(
         cfg=cfg,
@@ -185,7 +236,9 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         optimizer=optimizer,
         scheduler=scheduler,
         compute_dtype=compute_dtype,
-        log=RunLog(run_dir, cfg.train.steps, progress_bar=cfg.log.progress_bar),
+        log=RunLog(
+            run_dir, cfg.train.steps, progress_bar=cfg.log.progress_bar, enabled=world.is_main
+        ),
         step_reward=step_reward,
     )
 
