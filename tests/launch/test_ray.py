@@ -39,5 +39,5 @@ def test_failing_rank_stops_every_actor(tmp_path, ray_cluster):
         cwd=tmp_path,
     )
     check_failure(fin, tmp_path / "logs", 1, time.time())
-    assert "rank 1 ended first with a failure; stopping the other ranks" in fin.err
-    assert "ranks [0] were stopped before they could exit" in fin.err
+    assert "rank 1 ended with exit code 1; stopping the other ranks" in fin.err
+    assert "ranks [0] left no exit record" in fin.err

@@ -187,7 +187,10 @@ def report(
     killed = sorted(r.rank for r in records.values() if r.ended is None and r.rank in mine)
     missing = sorted(set(mine) - set(records))
     if killed:
-        say(f"ranks {killed} were stopped before they could exit (killed by a signal)")
+        say(
+            f"ranks {killed} left no exit record: stopped by a signal, or ended at once by the "
+            "trainer when it learned of the failure"
+        )
     if missing and fail is None:
         say(
             f"ranks {missing} never started (no record in {job.log_dir}); the launcher's own "

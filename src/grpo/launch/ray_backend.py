@@ -26,6 +26,7 @@ from grpo.launch.common import Job, LogFollower, report, say, shell_join
 from grpo.launch.records import RankRecord, log_path, record_path, tail
 
 POLL_S = 0.5
+SETTLE_S = 5.0  # after a failure, how long the other ranks may take to end by themselves
 PG_TIMEOUT_S = 120.0
 
 
@@ -311,10 +312,21 @@ def _follow(job: Job, actors: list[Any], envs: list[dict[str, str]]) -> int:
     except KeyboardInterrupt:
         interrupted = True
         say("interrupted: stopping every rank (Ctrl-C again kills them)")
+    if refs and failed is not None:
+        # the trainer's own watchdog ends the other ranks within a second or two of a failure;
+        # let them (and a failed rank still writing its traceback) finish on their own first
+        res = results[failed]
+        code = res["returncode"] if res else "none (its actor died)"
+        say(f"rank {failed} ended with exit code {code}; stopping the other ranks")
+        done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=SETTLE_S)
+        for ref in done:
+            rank = refs.pop(ref)
+            try:
+                results[rank] = ray.get(ref)
+            except RayActorError:
+                results[rank] = None
     if refs:  # a rank failed or Ctrl-C: the others must not wait in a collective forever
         grace = job.launch.stop_grace_s
-        if failed is not None:
-            say(f"rank {failed} ended first with a failure; stopping the other ranks")
         try:
             ray.get([a.stop.remote(grace) for a in actors], timeout=grace + 30)
         except KeyboardInterrupt:
