@@ -179,7 +179,9 @@ class LaunchConfig:
         0, "rendezvous port; 0: a free one (needed explicitly for local with nnodes > 1)"
     )
     ray_address: str = _f("", "ray: empty starts a local Ray cluster; 'auto' or host:port joins")
-    cpus_per_rank: int = _f(1, "CPUs reserved per rank (Ray actor num_cpus, Slurm cpus per task)")
+    cpus_per_rank: int = _f(
+        1, "CPUs reserved per rank (Ray actor num_cpus; Slurm --cpus-per-task = this x nproc)"
+    )
     gpus_per_node: int = _f(0, "GPUs reserved per machine (Slurm --gpus-per-node, Ray); 0: CPU")
     partition: str = _f("", "slurm --partition; empty: the cluster's default")
     time: str = _f("", "slurm --time limit, e.g. 04:00:00; empty: the partition's default")
