@@ -8,6 +8,7 @@ import time
 from conftest import check_all_reduce, check_failure, launch_cmd, payload, read_ranks, run_launch
 
 from grpo.launch.local import free_port
+from grpo.launch.records import read_records
 
 
 def test_one_node_two_ranks(tmp_path):
@@ -38,7 +39,7 @@ def test_failing_rank_ends_the_job_and_a_hung_rank_is_killed(tmp_path):
     assert "rank 0 did not stop within launch.stop_grace_s; killed it" in fin.err
 
 
-def _two_nodes(tmp_path, *mode: str):
+def _two_nodes(tmp_path, *mode: str, node1_waits: bool = True):
     port = free_port()
     procs = [
         subprocess.Popen(
@@ -52,6 +53,7 @@ def _two_nodes(tmp_path, *mode: str):
                     f"launch.master_port={port}",
                     f"train.output_dir={tmp_path / 'run'}",
                     "launch.stop_grace_s=3",
+                    f"launch.wait={'true' if r == 0 or node1_waits else 'false'}",
                 ],
                 payload(tmp_path / "out", *mode),
             ),
@@ -70,15 +72,22 @@ def _two_nodes(tmp_path, *mode: str):
 
 
 def test_two_nodes_static_rendezvous(tmp_path):
-    results = _two_nodes(tmp_path)
+    # node 1 with launch.wait=false: its launcher returns at once, its torchrun runs on
+    results = _two_nodes(tmp_path, node1_waits=False)
     assert [code for code, *_ in results] == [0, 0], results
+    assert "started torchrun (pid" in results[1][2]
     ranks = read_ranks(tmp_path / "out", 2)
     assert [r["sum"] for r in ranks] == [3.0, 3.0]
     assert [r["env"]["GROUP_RANK"] for r in ranks] == ["0", "1"]
     assert [r["env"]["LOCAL_RANK"] for r in ranks] == ["0", "0"]
-    # each node streams its own first rank
-    assert "payload rank 0: all_reduce" in results[0][1]
-    assert "payload rank 1: all_reduce" in results[1][1]
+    assert "payload rank 0: all_reduce" in results[0][1]  # node 0 streams rank 0
+    deadline = time.monotonic() + 60  # node 1's detached torchrun may end a moment later
+    while time.monotonic() < deadline:
+        records = read_records(tmp_path / "run/logs")
+        if records.get(1) and records[1].exit_code is not None:
+            break
+        time.sleep(0.2)
+    assert [records[r].exit_code for r in (0, 1)] == [0, 0]
 
 
 def test_two_nodes_a_failure_on_node_1_stops_node_0(tmp_path):
@@ -90,24 +99,3 @@ def test_two_nodes_a_failure_on_node_1_stops_node_0(tmp_path):
     for code, out, err, ended in results:
         check_failure(Finished(code, out, err, 0.0), tmp_path / "run/logs", 1, ended)
     assert "rank 1 failed on" in results[0][2] and "stopping this node's ranks [0]" in results[0][2]
-
-
-def test_wait_false_returns_while_the_ranks_run_on(tmp_path):
-    from grpo.launch.records import read_records
-
-    out = tmp_path / "out"
-    fin = run_launch(
-        "local",
-        ["launch.nproc_per_node=2", f"train.output_dir={tmp_path}", "launch.wait=false"],
-        payload(out),
-        cwd=tmp_path,
-    )
-    assert fin.code == 0 and "started torchrun (pid" in fin.err, fin.err
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        records = read_records(tmp_path / "logs")
-        if len(records) == 2 and all(r.exit_code is not None for r in records.values()):
-            break
-        time.sleep(0.5)
-    assert [records[r].exit_code for r in (0, 1)] == [0, 0]
-    assert [r["sum"] for r in read_ranks(out, 2)] == [3.0, 3.0]
