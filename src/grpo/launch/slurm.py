@@ -252,8 +252,17 @@ def follow(job: Job, job_id: str, out_file: Path) -> int:
     if interrupted:
         report(job, job_records(job), 130)
         return 130
-    result = report(job, job_records(job), code if code is not None else 1)
-    if result != 0 and first_failure(job_records(job)) is None:
+    records = job_records(job)
+    result = report(job, records, code if code is not None else 1)
+    if result != 0 and all(
+        r in records and records[r].exit_code == 0 for r in range(job.world_size)
+    ):
+        say(
+            "every rank exited 0: the job was signalled (Slurm's SIGTERM "
+            f"{job.launch.signal_before_s} s before the time limit, or scancel) and the ranks "
+            "stopped in time; torchrun ends with an error after a signal"
+        )
+    elif result != 0 and first_failure(records) is None:
         say(f"job {job_id} ended {state}; its own output ({out_file}):")
         print(tail(out_file, 30), file=sys.stderr, flush=True)
     return result
