@@ -25,7 +25,7 @@ def test_defaults_load_and_validate():
     assert cfg.model.name_or_path == BUILTIN_MODEL
     assert cfg.algorithm.group_size == 8
     assert cfg.train.batch_size == 64
-    assert cfg.algorithm.loss_aggregation == "seq_mean_token_mean"
+    assert cfg.algorithm.loss_aggregation == "grpo"  # ppo_clip's default, = seq_mean_token_mean
     assert cfg.rollout.stop == []
     assert [(r.name, r.weight) for r in cfg.rewards] == [("accuracy", 1.0), ("format", 0.2)]
     assert all(isinstance(r, RewardConfig) for r in cfg.rewards)
@@ -232,3 +232,69 @@ def test_uses_reference_model():
     assert ref(cos, "algorithm.beta_start=0", "algorithm.beta_end=0") is False
     assert ref(cos, "algorithm.beta_start=0", "algorithm.beta_end=0.01") is True
     assert ref(cos, "algorithm.beta=0.5", "algorithm.beta_start=0", "algorithm.beta_end=0") is False
+
+
+def test_policy_loss_defaults_resolve_per_loss():
+    from grpo.config import loss_settings
+    from grpo.core import POLICY_LOSSES
+
+    cfg = load_config()
+    a = cfg.algorithm
+    assert (a.policy_loss, a.eps_low, a.eps_high, a.loss_aggregation) == (
+        "ppo_clip",
+        0.2,
+        0.2,
+        "grpo",
+    )
+    g = load_config(None, ["algorithm.policy_loss=gspo"]).algorithm
+    assert (g.eps_low, g.eps_high, g.loss_aggregation) == (3e-4, 4e-4, "grpo")
+    c = load_config(None, ["algorithm.policy_loss=cispo"]).algorithm
+    assert (c.eps_low, c.eps_high, c.loss_aggregation) == (1.0, 4.0, "dapo")
+    # a value the user sets wins over the loss's default
+    c2 = load_config(None, ["algorithm.policy_loss=cispo", "algorithm.eps_high=0.2"]).algorithm
+    assert (c2.eps_low, c2.eps_high) == (1.0, 0.2)
+    # the config's choices are the registry's names
+    with pytest.raises(ConfigError, match="'algorithm.policy_loss'.*ppo_clip, gspo, cispo"):
+        load_config(None, ["algorithm.policy_loss=sapo"])
+    assert set(POLICY_LOSSES) == {"ppo_clip", "gspo", "cispo"}
+    # a config object built in code (no load_config) resolves the same way
+    assert loss_settings(GRPOConfig().algorithm) == (0.2, 0.2, "grpo")
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        (["algorithm.policy_loss=gspo", "algorithm.eps_low=1.0"], "algorithm.eps_low"),
+        (["algorithm.policy_loss=gspo", "algorithm.dual_clip_c=3"], "algorithm.dual_clip_c"),
+        (["algorithm.policy_loss=cispo", "algorithm.dual_clip_c=3"], "algorithm.dual_clip_c"),
+        (["algorithm.entropy_coef=-0.1"], "algorithm.entropy_coef"),
+        (["rollout.replay_sampling_mask=maybe"], "rollout.replay_sampling_mask"),
+        (["log.trackers=[mlflow]"], r"log.trackers\[0\]"),
+        (["log.trackers=[wandb,wandb]"], "log.trackers"),
+    ],
+)
+def test_loss_and_tracker_keys_are_checked(override, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config(None, override)
+
+
+def test_cispo_may_have_no_lower_bound():
+    assert load_config(None, ["algorithm.policy_loss=cispo", "algorithm.eps_low=5"])
+
+
+@pytest.mark.parametrize(
+    "overrides,want",
+    [
+        ([], (0, 1.0)),  # no filter: nothing to replay
+        (["rollout.top_k=20", "rollout.top_p=0.9"], (20, 0.9)),  # auto: on
+        (["rollout.top_p=0.9", "rollout.replay_sampling_mask=false"], (0, 1.0)),
+        (["rollout.top_k=5", "rollout.replay_sampling_mask=true"], (5, 1.0)),
+        (["rollout.replay_sampling_mask=true"], (0, 1.0)),  # on, but nothing is cut
+    ],
+)
+def test_sampling_mask_replay_follows_the_filters(overrides, want):
+    from grpo.config import sampling_mask
+
+    cfg = load_config(None, overrides)
+    assert cfg.rollout.replay_sampling_mask in ("auto", "true", "false")
+    assert sampling_mask(cfg) == want

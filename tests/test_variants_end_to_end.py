@@ -83,3 +83,33 @@ def test_all_options_together(tmp_path):
         assert r["dynamic_sampling/prompts_consumed"] == 2 * r["dynamic_sampling/rounds"]
         assert "last_iteration/clip_frac" in r
         assert math.isfinite(r["rewards/self_consistency/mean"])
+
+
+@pytest.mark.parametrize("loss", ["gspo", "cispo"])
+def test_each_policy_loss_trains_off_policy_with_an_entropy_bonus(tmp_path, loss):
+    # mu = 2: the second pass is off-policy, where the losses differ from ppo_clip
+    steps = _run(
+        tmp_path,
+        f"algorithm.policy_loss={loss}",
+        "algorithm.num_iterations=2",
+        "algorithm.entropy_coef=0.01",
+    )
+    cfg = (tmp_path / "run" / "config.yaml").read_text()
+    # the loss's documented clip range and aggregation, resolved into the run's config
+    if loss == "gspo":
+        assert "eps_low: 0.0003" in cfg and "eps_high: 0.0004" in cfg
+        assert "loss_aggregation: grpo" in cfg
+    else:
+        assert "eps_low: 1.0" in cfg and "eps_high: 4.0" in cfg
+        assert "loss_aggregation: dapo" in cfg
+    for r in steps:
+        assert r["grad_norm"] > 0 and "last_iteration/ratio_mean" in r
+        assert r["last_iteration/ratio_mean"] != 1.0  # the second pass was off-policy
+    assert "rollout/logprob_abs_diff" not in steps[0]  # the transformers engine reports none
+
+
+def test_sampling_mask_replay_with_the_transformers_engine(tmp_path):
+    # top_k / top_p with the trainer's own sampler: the replayed kept set makes the first
+    # pass's log-probs those of the truncated distribution (no NaN, no -inf)
+    steps = _run(tmp_path, "rollout.top_k=5", "rollout.top_p=0.9", "algorithm.entropy_coef=0.01")
+    assert all(r["grad_norm"] > 0 for r in steps)

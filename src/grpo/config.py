@@ -83,6 +83,11 @@ class RolloutConfig:
     )
     max_model_len: int = _f(0, "vLLM: prompt + completion tokens; 0: longest prompt + limit")
     vllm_enforce_eager: bool = _f(False, "vLLM: no compilation / CUDA graphs (faster start)")
+    replay_sampling_mask: str = _f(
+        "auto",
+        "trainer log-probs over the top-k/top-p kept set the sampler drew from: auto (on when "
+        "top_k > 0 or top_p < 1), true, false",
+    )
 
 
 @dataclass
@@ -98,12 +103,25 @@ class AlgorithmConfig:
     beta_start: float = _f(0.04, "cosine schedule: beta for the first 10% of steps")
     beta_end: float = _f(0.0, "cosine schedule: beta after 80% of steps")
     kl_estimator: str = _f("k3", "KL estimator: k1, k2, k3 (DeepSeekMath uses k3)")
-    eps_low: float = _f(0.2, "clip range below 1 for the ratio")
-    eps_high: float = _f(0.2, "clip range above 1 for the ratio (DAPO clip-higher: 0.28)")
-    loss_aggregation: str = _f(
-        "seq_mean_token_mean",
+    policy_loss: str = _f(
+        "ppo_clip",
+        "ppo_clip (PPO clipped surrogate per token), gspo (sequence ratio, arXiv 2507.18071), "
+        "cispo (clipped IS weight on REINFORCE, arXiv 2506.13585)",
+    )
+    eps_low: float | None = _f(
+        None, "clip range below 1; default: policy_loss's (ppo_clip 0.2, gspo 3e-4, cispo 1: none)"
+    )
+    eps_high: float | None = _f(
+        None,
+        "clip range above 1 (DAPO clip-higher: 0.28); default: ppo_clip 0.2, gspo 4e-4, cispo 4",
+    )
+    loss_aggregation: str | None = _f(
+        None,
         "grpo/seq_mean_token_mean (paper), bnpo (micro-batch token mean), dapo/token_mean, "
-        "dr_grpo/seq_mean_token_sum_norm",
+        "dr_grpo/seq_mean_token_sum_norm; default: policy_loss's (cispo: dapo, others: grpo)",
+    )
+    entropy_coef: float = _f(
+        0.0, "entropy bonus: subtract coef * entropy, reduced like the loss; 0 off"
     )
     num_iterations: int = _f(1, "mu: policy updates per rollout batch")
     tis_cap: float | None = _f(
@@ -146,6 +164,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = _f(80, "RL steps: one rollout batch each, with num_iterations updates on it")
+    epochs: float = _f(
+        0.0, "passes over the training prompts; > 0 sets the number of steps (train.steps unused)"
+    )
     batch_size: int = _f(64, "completions per step (prompts per step = batch_size / group_size)")
     micro_batch_size: int = _f(64, "most sequences per forward/backward pass")
     micro_batch_tokens: int = _f(
@@ -156,6 +177,16 @@ class TrainConfig:
     eval_every: int = _f(5, "evaluate every N steps (0: only before and after)")
     eval_max_new_tokens: int | None = _f(None, "evaluation length limit (default: rollout's)")
     save_final: bool = _f(True, "save the final model and tokenizer to <output_dir>/final")
+    save_every: int = _f(20, "write a checkpoint every N steps (and on SIGTERM/Ctrl-C); 0: never")
+    keep_last: int = _f(2, "checkpoints kept in <output_dir>/checkpoints (older ones deleted)")
+    resume: str = _f(
+        "",
+        "auto: continue from the latest checkpoint in output_dir (fresh start if none); never: "
+        "start over (a previous run there is moved aside); or a checkpoint directory",
+    )
+    deterministic: bool = _f(
+        False, "bit-identical reruns on CPU: deterministic kernels, fixed threads (slower)"
+    )
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
     time_limit_minutes: float = _f(0.0, "stop training early after this wall time; 0: none")
 
@@ -165,6 +196,10 @@ class LogConfig:
     progress_bar: bool = _f(True, "show a progress bar with the key numbers")
     samples_per_step: int = _f(4, "completions written to samples.jsonl each step")
     plot: bool = _f(True, "write curves.png at the end of the run")
+    trackers: list[str] = _f(
+        [], "experiment trackers: tensorboard, wandb (extras grpo[tensorboard], grpo[wandb])"
+    )
+    wandb_project: str = _f("", "W&B project; empty: WANDB_PROJECT or W&B's default")
 
 
 @dataclass
@@ -231,6 +266,8 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm.scale_rewards": ("group", "batch", "none"),
     "algorithm.beta_schedule": ("constant", "cosine"),
     "algorithm.kl_estimator": ("k1", "k2", "k3"),
+    "algorithm.policy_loss": ("ppo_clip", "gspo", "cispo"),
+    "rollout.replay_sampling_mask": ("auto", "true", "false"),
     "algorithm.loss_aggregation": (
         "grpo",
         "bnpo",
@@ -277,7 +314,11 @@ def load_config(
         obj: GRPOConfig = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e)) from e
+    obj.rollout.replay_sampling_mask = str(obj.rollout.replay_sampling_mask).lower()
     validate(obj)
+    a = obj.algorithm
+    # the resolved values go into config.yaml, so a run records the clip range it used
+    a.eps_low, a.eps_high, a.loss_aggregation = loss_settings(a)
     return obj
 
 
@@ -294,6 +335,8 @@ def validate(cfg: GRPOConfig) -> None:
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
+        if value is None and key == "algorithm.loss_aggregation":
+            continue  # the policy loss's default
         if value not in choices:
             raise ConfigError(f"key '{key}': {value!r} is not one of {', '.join(choices)}")
     a, t, r, o = cfg.algorithm, cfg.train, cfg.rollout, cfg.optim
@@ -319,6 +362,8 @@ def validate(cfg: GRPOConfig) -> None:
         "train.micro_batch_tokens": t.micro_batch_tokens,
         "rollout.max_model_len": r.max_model_len,
         "train.time_limit_minutes": t.time_limit_minutes,
+        "train.epochs": t.epochs,
+        "train.save_every": t.save_every,
         "log.samples_per_step": cfg.log.samples_per_step,
         "optim.weight_decay": o.weight_decay,
         "optim.max_grad_norm": o.max_grad_norm,
@@ -349,11 +394,27 @@ def validate(cfg: GRPOConfig) -> None:
         )
     if not 0 < r.top_p <= 1:
         raise ConfigError(f"key 'rollout.top_p': must be in (0, 1], got {r.top_p}")
-    for key, value in {"algorithm.eps_low": a.eps_low, "algorithm.eps_high": a.eps_high}.items():
+    eps_low, eps_high, _ = loss_settings(a)
+    for key, value in {"algorithm.eps_low": eps_low, "algorithm.eps_high": eps_high}.items():
         if value < 0:
             raise ConfigError(f"key '{key}': must be >= 0, got {value}")
-    if a.eps_low >= 1:
-        raise ConfigError(f"key 'algorithm.eps_low': must be < 1, got {a.eps_low}")
+    if eps_low >= 1 and a.policy_loss != "cispo":
+        # a clipped surrogate needs a lower bound > 0; CISPO's IS weight may have none
+        raise ConfigError(
+            f"key 'algorithm.eps_low': must be < 1 for policy_loss {a.policy_loss}, got {eps_low}"
+        )
+    if a.entropy_coef < 0:
+        raise ConfigError(f"key 'algorithm.entropy_coef': must be >= 0, got {a.entropy_coef}")
+    if a.dual_clip_c is not None and a.policy_loss != "ppo_clip":
+        raise ConfigError(
+            "key 'algorithm.dual_clip_c': the dual clip bounds PPO's token surrogate; "
+            f"policy_loss {a.policy_loss} has none (leave dual_clip_c unset)"
+        )
+    for i, name in enumerate(cfg.log.trackers):
+        if name not in ("tensorboard", "wandb"):
+            raise ConfigError(f"key 'log.trackers[{i}]': {name!r} is not one of tensorboard, wandb")
+    if len(set(cfg.log.trackers)) != len(cfg.log.trackers):
+        raise ConfigError(f"key 'log.trackers': a tracker is listed twice: {cfg.log.trackers}")
     for key, value in {
         "algorithm.beta": a.beta,
         "algorithm.beta_start": a.beta_start,
@@ -394,6 +455,13 @@ def validate(cfg: GRPOConfig) -> None:
         )
     if a.kl_in_reward and not uses_reference_model(cfg):
         raise ConfigError("key 'algorithm.kl_in_reward': needs beta > 0 (a reference model)")
+    if t.keep_last < 1:
+        raise ConfigError(f"key 'train.keep_last': must be at least 1, got {t.keep_last}")
+    if t.resume not in ("", "auto", "never") and not Path(t.resume).is_dir():
+        raise ConfigError(
+            f"key 'train.resume': {t.resume!r} is not auto, never, or an existing checkpoint "
+            "directory"
+        )
     _validate_launch(cfg.launch)
     if cfg.data.task == "file" and not cfg.data.train_path:
         raise ConfigError("key 'data.train_path': required when data.task is 'file'")
@@ -414,6 +482,35 @@ def _validate_launch(lc: LaunchConfig) -> None:
                 f"key 'launch.sbatch_lines[{i}]': {line!r} is not an sbatch option; write it "
                 "as it follows '#SBATCH ', e.g. '--qos=high'"
             )
+
+
+def loss_settings(a: AlgorithmConfig) -> tuple[float, float, str]:
+    """(eps_low, eps_high, loss_aggregation) with each unset one taken from the defaults the
+    policy loss is documented with (``grpo.core.POLICY_LOSS_DEFAULTS``)."""
+    from grpo.core import POLICY_LOSS_DEFAULTS
+
+    d = POLICY_LOSS_DEFAULTS[a.policy_loss]
+    return (
+        d.eps_low if a.eps_low is None else a.eps_low,
+        d.eps_high if a.eps_high is None else a.eps_high,
+        d.aggregation if a.loss_aggregation is None else a.loss_aggregation,
+    )
+
+
+def replays_sampling_mask(cfg: GRPOConfig) -> bool:
+    """Whether the trainer's log-probs are taken over the sampler's top-k/top-p kept set."""
+    r = cfg.rollout
+    mode = str(r.replay_sampling_mask).lower()
+    if mode == "auto":
+        return r.top_k > 0 or r.top_p < 1
+    return mode == "true"
+
+
+def sampling_mask(cfg: GRPOConfig) -> tuple[int, float]:
+    """(top_k, top_p) for the trainer's log-prob passes: the sampler's, or (0, 1) when the
+    mask is not replayed."""
+    r = cfg.rollout
+    return (r.top_k, r.top_p) if replays_sampling_mask(cfg) else (0, 1.0)
 
 
 def uses_reference_model(cfg: GRPOConfig) -> bool:

@@ -4,9 +4,10 @@ A tiny "model": a learnable lm-head W [V, H] applied to fixed hidden states. The
 into micro-batches of unequal row counts, each padded only to its own longest completion (so T
 differs too), with the normalizer computed once for the whole batch.
 
-Checked for every advantage estimator (outcome ones [B] and the process one [B, T]), every
-split-invariant aggregation, with and without dual clip. "bnpo" is split-dependent by
-definition; it is checked against its own per-micro-batch formula instead.
+Checked for every policy loss (ppo_clip, gspo, cispo, each with an entropy bonus whose gradient
+flows through the chunked log-prob pass), every advantage estimator (outcome ones [B] and the
+process one [B, T]), every split-invariant aggregation, with and without dual clip. "bnpo" is
+split-dependent by definition; it is checked against its own per-micro-batch formula instead.
 """
 
 import pytest
@@ -15,9 +16,9 @@ import torch
 from grpo.core import (
     ADVANTAGE_ESTIMATORS,
     LOSS_AGGREGATIONS,
+    POLICY_LOSSES,
     LossStats,
     compute_advantages,
-    grpo_loss,
     logprobs_from_hidden,
     loss_normalizer,
     process_advantages,
@@ -67,46 +68,70 @@ def _loss(
     aggregation: str,
     normalizer: float,
     dual_clip_c: float | None = None,
+    loss_name: str = "ppo_clip",
+    entropy_coef: float = 0.0,
 ) -> tuple[torch.Tensor, LossStats]:
     s, e = rows
     t = int(d["mask"][s:e].sum(-1).max())  # pad this micro-batch only to its own longest row
-    logp, _ = logprobs_from_hidden(d["hidden"][s:e, :t], weight, d["labels"][s:e, :t])
+    logp, entropy = logprobs_from_hidden(
+        d["hidden"][s:e, :t], weight, d["labels"][s:e, :t], with_entropy=entropy_coef > 0
+    )
     adv = d["adv"][s:e]
     if adv.dim() == 2:
         adv = adv[:, :t]  # per-token advantages are trimmed like every other [B, T] tensor
-    return grpo_loss(
+    # GSPO's sequence ratios are close to 1: a 0.05 range clips some sequences and not others
+    eps = (0.05, 0.05) if loss_name == "gspo" else (0.2, 0.28)
+    return POLICY_LOSSES[loss_name](
         logp,
         d["old"][s:e, :t],
         d["ref"][s:e, :t],
         adv,
         d["mask"][s:e, :t],
         beta=0.04,
-        eps_low=0.2,
-        eps_high=0.28,
+        eps_low=eps[0],
+        eps_high=eps[1],
         aggregation=aggregation,
         normalizer=normalizer,
         dual_clip_c=dual_clip_c,
+        entropy=entropy,
+        entropy_coef=entropy_coef,
     )
 
 
-@pytest.mark.parametrize("dual_clip_c", [None, 1.2])
+LOSS_CASES = [
+    ("ppo_clip", None, 0.0),
+    ("ppo_clip", 1.2, 0.0),
+    ("ppo_clip", None, 0.05),
+    ("gspo", None, 0.0),
+    ("gspo", None, 0.05),
+    ("cispo", None, 0.0),
+    ("cispo", None, 0.05),
+]
+
+
+@pytest.mark.parametrize("loss_name,dual_clip_c,entropy_coef", LOSS_CASES)
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("aggregation", INVARIANT)
 def test_micro_batches_sum_to_full_batch(
-    aggregation: str, estimator: str, dual_clip_c: float | None
+    aggregation: str,
+    estimator: str,
+    loss_name: str,
+    dual_clip_c: float | None,
+    entropy_coef: float,
 ) -> None:
     d = _setup(estimator)
     norm = loss_normalizer(aggregation, B, int(d["mask"].sum()), T)
+    kw = {"dual_clip_c": dual_clip_c, "loss_name": loss_name, "entropy_coef": entropy_coef}
 
     w_full = d["weight"].clone().requires_grad_()
-    full, full_stats = _loss(d, w_full, (0, B), aggregation, norm, dual_clip_c)
+    full, full_stats = _loss(d, w_full, (0, B), aggregation, norm, **kw)
     full.backward()
 
     w_micro = d["weight"].clone().requires_grad_()
     total = torch.zeros(())
     stats = LossStats.zeros()
     for rows in SPLITS:
-        loss, st = _loss(d, w_micro, rows, aggregation, norm, dual_clip_c)
+        loss, st = _loss(d, w_micro, rows, aggregation, norm, **kw)
         loss.backward()  # gradients accumulate in w_micro.grad, as in a training loop
         total = total + loss.detach()
         stats = stats + st

@@ -102,8 +102,9 @@ def transformers_greedy(model, tokenizer, prompt_ids, settings):
     return TransformersEngine(model, tokenizer).generate(prompt_ids, settings)
 
 
-def trainer_logprobs(model, tokenizer, prompt_ids, completions, temperature: float):
-    """The trainer's [B, T] log-probs of the completions' tokens (the loss's own pass)."""
+def trainer_logprobs(model, tokenizer, prompt_ids, completions, temperature: float, **mask):
+    """The trainer's [B, T] log-probs of the completions' tokens (the loss's own pass);
+    ``mask``: top_k / top_p of the sampling-mask replay."""
     batch = build_batch(
         prompt_ids,
         [c.token_ids for c in completions],
@@ -111,7 +112,9 @@ def trainer_logprobs(model, tokenizer, prompt_ids, completions, temperature: flo
         tokenizer.pad_token_id,
     )
     with torch.no_grad():
-        logp, _ = completion_logprobs(model, batch, autocast_dtype=None, temperature=temperature)
+        logp, _ = completion_logprobs(
+            model, batch, autocast_dtype=None, temperature=temperature, **mask
+        )
     return logp
 
 
@@ -166,6 +169,26 @@ def test_logprobs_match_the_trainer(setup, prompt_ids, temperature: float) -> No
     for i, c in enumerate(completions):
         got = torch.tensor(c.logprobs)
         torch.testing.assert_close(got, logp[i, : len(c.token_ids)], atol=LOGP_ATOL, rtol=0)
+
+
+def test_truncated_sampling_logprobs_match_the_replayed_mask(setup, prompt_ids) -> None:
+    """top_k = 20, top_p = 0.9: vLLM reports log-probs of the truncated, renormalised
+    distribution. The trainer's log-probs over the same kept set (the sampling-mask replay)
+    agree with them to kernel noise; the full-vocabulary ones are off by -log(kept mass)."""
+    engine, model, tokenizer = setup
+    s = SamplingSettings(n=4, temperature=1.0, top_k=20, top_p=0.9, max_new_tokens=32, seed=5)
+    completions = [c for g in engine.generate(prompt_ids, s) for c in g]
+    rows = [p for p in prompt_ids for _ in range(4)]
+    masked = trainer_logprobs(model, tokenizer, rows, completions, 1.0, top_k=20, top_p=0.9)
+    full = trainer_logprobs(model, tokenizer, rows, completions, 1.0)
+    got = torch.cat([torch.tensor(c.logprobs) for c in completions])
+    mine = torch.cat([masked[i, : len(c.token_ids)] for i, c in enumerate(completions)])
+    plain = torch.cat([full[i, : len(c.token_ids)] for i, c in enumerate(completions)])
+    assert got.numel() > 200
+    torch.testing.assert_close(mine, got, atol=LOGP_ATOL, rtol=0)
+    # the truncation removed real mass: the plain log-probs are lower on average by > 0.05
+    assert (got - plain).mean() > 0.05 and (got - plain).min() >= -LOGP_ATOL
+    assert (mine - got).abs().mean() < (plain - got).abs().mean() / 20
 
 
 def test_eos_is_kept_and_ignore_eos_runs_to_the_limit(setup, prompt_ids) -> None:

@@ -15,9 +15,17 @@ from grpo.core.advantages import (
     process_advantages,
     rloo_advantages,
 )
+from grpo.core.cispo import CISPO_EPS_HIGH, CISPO_EPS_LOW, cispo_loss
 from grpo.core.filtering import informative_groups, mask_truncated
+from grpo.core.gspo import GSPO_EPS_HIGH, GSPO_EPS_LOW, gspo_loss, sequence_log_ratio
 from grpo.core.kl import KL_ESTIMATORS, kl_k1, kl_k2, kl_k3, kl_penalty, kl_reward_penalty
-from grpo.core.logprobs import logprobs_from_hidden, token_entropy, token_logprobs
+from grpo.core.logprobs import (
+    logprobs_from_hidden,
+    sampling_threshold,
+    token_entropy,
+    token_logprobs,
+)
+from grpo.core.losses import POLICY_LOSS_DEFAULTS, POLICY_LOSSES, LossDefaults, policy_loss_fn
 from grpo.core.policy_loss import (
     AGGREGATION_ALIASES,
     LOSS_AGGREGATIONS,
@@ -38,13 +46,21 @@ from grpo.core.schedules import beta_at, lr_lambda_warmup_cosine
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "AGGREGATION_ALIASES",
+    "AdvantageOutput",
+    "CISPO_EPS_HIGH",
+    "CISPO_EPS_LOW",
+    "GSPO_EPS_HIGH",
+    "GSPO_EPS_LOW",
     "KL_ESTIMATORS",
     "LOSS_AGGREGATIONS",
-    "AdvantageOutput",
+    "LossDefaults",
     "LossStats",
+    "POLICY_LOSSES",
+    "POLICY_LOSS_DEFAULTS",
     "batch_std_advantages",
     "beta_at",
     "canonical_aggregation",
+    "cispo_loss",
     "clip_fractions",
     "clipped_surrogate",
     "compute_advantages",
@@ -52,6 +68,7 @@ __all__ = [
     "group_advantages",
     "grpo_advantages",
     "grpo_loss",
+    "gspo_loss",
     "informative_groups",
     "kl_k1",
     "kl_k2",
@@ -63,10 +80,13 @@ __all__ = [
     "lr_lambda_warmup_cosine",
     "mask_truncated",
     "micro_batch_token_mean",
+    "policy_loss_fn",
     "process_advantages",
     "rloo_advantages",
+    "sampling_threshold",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
+    "sequence_log_ratio",
     "token_entropy",
     "token_logprobs",
     "token_mean",

@@ -35,11 +35,14 @@ __all__ = [
     "LOSS_AGGREGATIONS",
     "LossStats",
     "canonical_aggregation",
+    "check_loss_inputs",
     "clip_fractions",
     "clipped_surrogate",
     "grpo_loss",
     "loss_normalizer",
+    "masked_inputs",
     "micro_batch_token_mean",
+    "reduce_loss",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
     "token_mean",
@@ -347,6 +350,121 @@ class LossStats:
 # ---- the loss -----------------------------------------------------------------------------------
 
 
+def check_loss_inputs(
+    logp: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    beta: float,
+    eps_low: float,
+    eps_high: float,
+    aggregation: str,
+    normalizer: float,
+    ref_logp: Tensor | None = None,
+    entropy_coef: float = 0.0,
+    **same_shape: Tensor | None,
+) -> None:
+    """The argument checks every policy loss shares; ``same_shape`` tensors must match logp."""
+    if aggregation not in LOSS_AGGREGATIONS:
+        raise _unknown("loss aggregation", aggregation, LOSS_AGGREGATIONS)
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}")
+    if beta > 0 and ref_logp is None:
+        raise ValueError(f"beta = {beta} > 0 needs ref_logp; pass reference log-probs or beta = 0")
+    if not normalizer > 0:
+        raise ValueError(f"normalizer must be > 0, got {normalizer}")
+    if eps_low < 0 or eps_high < 0:
+        raise ValueError(f"clip ranges must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
+    if entropy_coef < 0:
+        raise ValueError(f"entropy_coef must be >= 0 (a bonus), got {entropy_coef}")
+    if entropy_coef > 0 and same_shape.get("entropy") is None:
+        raise ValueError(f"entropy_coef = {entropy_coef} > 0 needs the entropy [B, T] (with grad)")
+    for name, t in (("ref_logp", ref_logp), ("mask", mask), *same_shape.items()):
+        if t is not None and t.shape != logp.shape:
+            raise ValueError(f"{name} shape {tuple(t.shape)} != logp shape {tuple(logp.shape)}")
+    if advantages.dim() == 1:
+        if advantages.shape[0] != logp.shape[0]:
+            raise ValueError(f"advantages {tuple(advantages.shape)} do not match logp rows")
+    elif advantages.dim() == 2:
+        if advantages.shape != logp.shape:
+            raise ValueError(
+                f"per-token advantages shape {tuple(advantages.shape)} != logp shape "
+                f"{tuple(logp.shape)}; trim them to the micro-batch's columns"
+            )
+    else:
+        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
+
+
+def masked_inputs(
+    logp: Tensor, old_logp: Tensor | None, advantages: Tensor, mask: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(m, logp, old, advantages) with 0 at masked positions, so that no exp() there can produce
+    inf/NaN that would leak into a sum or a gradient (0 * inf = NaN). ``old`` is logp detached
+    when old_logp is None (one update per batch: pi_old = pi_theta numerically)."""
+    m = mask.bool()
+    advantages = advantages.to(logp.dtype)
+    logp = torch.where(m, logp, 0.0)
+    if advantages.dim() == 2:
+        advantages = torch.where(m, advantages, 0.0)
+    old = logp.detach() if old_logp is None else torch.where(m, old_logp, 0.0)
+    return m, logp, old, advantages
+
+
+def reduce_loss(
+    per_token: Tensor,
+    ratio: Tensor,
+    clip_counts: tuple[Tensor, Tensor, Tensor],
+    logp: Tensor,
+    m: Tensor,
+    *,
+    ref_logp: Tensor | None,
+    beta: float,
+    kl_estimator: str,
+    aggregation: str,
+    normalizer: float,
+    token_weights: Tensor | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
+) -> tuple[Tensor, LossStats]:
+    """The steps every policy loss shares after its surrogate: TIS weights on the surrogate,
+    + beta * KL, - entropy_coef * H, then the aggregation with the whole-batch normaliser.
+
+    per_token, ratio: [B, T] (the surrogate loss and the ratio it used); clip_counts: masked
+    (low, high, dual) counts; logp: [B, T] masked current log-probs; m: [B, T] bool mask.
+    """
+    if token_weights is not None:
+        # surrogate term only (see grpo_loss); zero at masked positions so no inf/NaN can leak
+        per_token = per_token * torch.where(m, token_weights.detach().to(per_token.dtype), 0.0)
+    kl: Tensor | None = None
+    if ref_logp is not None:
+        kl = kl_penalty(kl_estimator, logp, torch.where(m, ref_logp, 0.0))
+        if beta > 0:
+            per_token = per_token + beta * kl  # DeepSeekMath eq. 3: - beta * D_KL inside J
+    if entropy is not None and entropy_coef > 0:
+        # Entropy bonus (Williams & Peng 1991; the PPO objective's c2 S term, Schulman et al.
+        # 2017 eq. 9): maximise H, so subtract coef * H per token, reduced like the rest.
+        per_token = per_token - entropy_coef * torch.where(m, entropy.to(per_token.dtype), 0.0)
+
+    loss = LOSS_AGGREGATIONS[aggregation](per_token, m, normalizer)
+
+    with torch.no_grad():
+        f64 = torch.float64
+        low, high, dual = clip_counts
+        n_tok = m.sum().to(f64)
+        stats = LossStats(
+            loss=loss.detach().to(f64),
+            num_tokens=n_tok,
+            num_sequences=torch.tensor(float(m.shape[0]), dtype=f64, device=logp.device),
+            ratio_sum=torch.where(m, ratio, 0.0).sum().to(f64),
+            clip_low_count=low.to(f64),
+            clip_high_count=high.to(f64),
+            kl_sum=(torch.where(m, kl, 0.0).sum().to(f64) if kl is not None else n_tok * 0),
+            kl_tokens=n_tok if kl is not None else n_tok * 0,
+            clip_dual_count=dual.to(f64),
+        )
+    return loss, stats
+
+
 def grpo_loss(
     logp: Tensor,
     old_logp: Tensor | None,
@@ -362,10 +480,13 @@ def grpo_loss(
     kl_estimator: str = "k3",
     dual_clip_c: float | None = None,
     token_weights: Tensor | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, LossStats]:
     """GRPO loss of one micro-batch, DeepSeekMath (arXiv 2402.03300) eq. 3, negated:
-    per token ``-min(r A, clip(r) A) + beta * KL_est(pi_theta || pi_ref)``, then reduced by
-    ``aggregation`` with the whole-batch ``normalizer`` (see :func:`loss_normalizer`).
+    per token ``-min(r A, clip(r) A) + beta * KL_est(pi_theta || pi_ref) - c_H * H``, then
+    reduced by ``aggregation`` with the whole-batch ``normalizer`` (see :func:`loss_normalizer`).
+    Registered as policy loss "ppo_clip".
 
     Args:
         logp: [B, T] current-policy log-probs of the completion tokens (with gradient).
@@ -391,76 +512,45 @@ def grpo_loss(
             pi_ref evaluated on the same tokens, already without any ratio to pi_theta (as in
             DeepSeekMath), so reweighting it would only make its pull token-dependent (up to
             cap-fold on tokens the engine under-sampled) without making it an unbiased estimate.
+        entropy: [B, T] per-token entropies of the policy WITH their gradient (e.g. from
+            ``logprobs_from_hidden(..., with_entropy=True)``), needed when entropy_coef > 0.
+        entropy_coef: c_H >= 0 of the entropy bonus; 0 = off.
 
     Returns:
         (scalar loss, LossStats of this micro-batch).
     """
-    if aggregation not in LOSS_AGGREGATIONS:
-        raise _unknown("loss aggregation", aggregation, LOSS_AGGREGATIONS)
-    if beta < 0:
-        raise ValueError(f"beta must be >= 0, got {beta}")
-    if beta > 0 and ref_logp is None:
-        raise ValueError(f"beta = {beta} > 0 needs ref_logp; pass reference log-probs or beta = 0")
-    if not normalizer > 0:
-        raise ValueError(f"normalizer must be > 0, got {normalizer}")
-    if eps_low < 0 or eps_high < 0:
-        raise ValueError(f"clip ranges must be >= 0, got eps_low={eps_low}, eps_high={eps_high}")
-    _check_dual_clip(dual_clip_c)
-    named = (
-        ("old_logp", old_logp),
-        ("ref_logp", ref_logp),
-        ("mask", mask),
-        ("token_weights", token_weights),
+    check_loss_inputs(
+        logp,
+        advantages,
+        mask,
+        beta=beta,
+        eps_low=eps_low,
+        eps_high=eps_high,
+        aggregation=aggregation,
+        normalizer=normalizer,
+        ref_logp=ref_logp,
+        entropy_coef=entropy_coef,
+        old_logp=old_logp,
+        token_weights=token_weights,
+        entropy=entropy,
     )
-    for name, t in named:
-        if t is not None and t.shape != logp.shape:
-            raise ValueError(f"{name} shape {tuple(t.shape)} != logp shape {tuple(logp.shape)}")
-    if advantages.dim() == 1:
-        if advantages.shape[0] != logp.shape[0]:
-            raise ValueError(f"advantages {tuple(advantages.shape)} do not match logp rows")
-    elif advantages.dim() == 2:
-        if advantages.shape != logp.shape:
-            raise ValueError(
-                f"per-token advantages shape {tuple(advantages.shape)} != logp shape "
-                f"{tuple(logp.shape)}; trim them to the micro-batch's columns"
-            )
-    else:
-        raise ValueError(f"advantages must be [B] or [B, T], got {tuple(advantages.shape)}")
-
-    m = mask.bool()
-    advantages = advantages.to(logp.dtype)
-    # Zero the inputs at masked positions so exp() there cannot produce inf/NaN that would leak
-    # into the sum or the gradient (0 * inf = NaN).
-    logp = torch.where(m, logp, 0.0)
-    if advantages.dim() == 2:
-        advantages = torch.where(m, advantages, 0.0)
-    old = logp.detach() if old_logp is None else torch.where(m, old_logp, 0.0)
+    _check_dual_clip(dual_clip_c)
+    m, logp, old, advantages = masked_inputs(logp, old_logp, advantages, mask)
     per_token, ratio = clipped_surrogate(logp, old, advantages, eps_low, eps_high, dual_clip_c)
-    if token_weights is not None:
-        # surrogate term only (see Args); zero at masked positions so no inf/NaN can leak
-        per_token = per_token * torch.where(m, token_weights.detach().to(per_token.dtype), 0.0)
-
-    kl: Tensor | None = None
-    if ref_logp is not None:
-        kl = kl_penalty(kl_estimator, logp, torch.where(m, ref_logp, 0.0))
-        if beta > 0:
-            per_token = per_token + beta * kl  # DeepSeekMath eq. 3: - beta * D_KL inside J
-
-    loss = LOSS_AGGREGATIONS[aggregation](per_token, m, normalizer)
-
     with torch.no_grad():
-        f64 = torch.float64
-        low, high, dual = _clip_counts(ratio, advantages, m, eps_low, eps_high, dual_clip_c)
-        n_tok = m.sum().to(f64)
-        stats = LossStats(
-            loss=loss.detach().to(f64),
-            num_tokens=n_tok,
-            num_sequences=torch.tensor(float(m.shape[0]), dtype=f64, device=logp.device),
-            ratio_sum=torch.where(m, ratio, 0.0).sum().to(f64),
-            clip_low_count=low.to(f64),
-            clip_high_count=high.to(f64),
-            kl_sum=(torch.where(m, kl, 0.0).sum().to(f64) if kl is not None else n_tok * 0),
-            kl_tokens=n_tok if kl is not None else n_tok * 0,
-            clip_dual_count=dual.to(f64),
-        )
-    return loss, stats
+        counts = _clip_counts(ratio, advantages, m, eps_low, eps_high, dual_clip_c)
+    return reduce_loss(
+        per_token,
+        ratio,
+        counts,
+        logp,
+        m,
+        ref_logp=ref_logp,
+        beta=beta,
+        kl_estimator=kl_estimator,
+        aggregation=aggregation,
+        normalizer=normalizer,
+        token_weights=token_weights,
+        entropy=entropy,
+        entropy_coef=entropy_coef,
+    )

@@ -13,10 +13,10 @@ Three settings make the engine sample what the trainer scores:
   file still apply, as in the transformers engine.)
 * ``logprobs_mode="processed_logprobs"``: the returned log-prob of a sampled token is that of
   the distribution it was drawn from, ``log_softmax(logits / T)`` after the top-k/top-p filter,
-  rather than vLLM's default ``log_softmax(logits)`` at temperature 1. With top_k = 0 and
-  top_p = 1 that is exactly what ``completion_logprobs(..., temperature=T)`` computes; with a
-  filter on it is the true behaviour probability (renormalised over the kept tokens), which is
-  what an importance weight needs.
+  rather than vLLM's default ``log_softmax(logits)`` at temperature 1. That is what
+  ``completion_logprobs(..., temperature=T, top_k=k, top_p=p)`` computes (the sampling-mask
+  replay of ``grpo.core.logprobs`` rebuilds vLLM's kept set); with a filter on it is the true
+  behaviour probability (renormalised over the kept tokens), which an importance weight needs.
 * prefix caching on: the G samples of one prompt share one prefill. The cache is reset after
   every weight sync, because KV computed with the old weights must not be reused.
 """

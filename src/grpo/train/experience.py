@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from grpo import interrupt
 from grpo.config import GRPOConfig
 from grpo.core import (
     AdvantageOutput,
@@ -137,8 +138,10 @@ def sample_and_score(
     settings = replace(
         sampling_settings(run.cfg, round_seed(run.cfg, step, round_)), seed_offset=seed_offset
     )
+    interrupt.checkpoint()
     with run.timer("generate"):
         groups = run.engine.generate([run.train_prompt_ids[i] for i in row_ids], settings)
+    interrupt.checkpoint()
     completions = [c for g in groups for c in g]
     with run.timer("score"):
         prompts, texts, columns = reward_inputs(run, row_ids, completions)
@@ -222,7 +225,9 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
         [c.token_ids for c in completions],
         torch.zeros(len(completions)),
         run.tokenizer.pad_token_id,
-        engine_logprobs=[c.logprobs for c in completions] if a.tis_cap else None,
+        # the engine's own log-probs (vLLM reports them): TIS weights and the logged
+        # rollout/logprob_abs_diff between what the engine sampled from and the trainer's
+        engine_logprobs=engine_logprobs(completions),
     )
     truncated = torch.tensor([c.finish_reason == "length" for c in completions])
     if a.mask_truncated:
@@ -257,6 +262,15 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
         generated_tokens=sum(len(c.token_ids) for r in rounds for c in r.completions),
         metrics=metrics,
     )
+
+
+def engine_logprobs(completions: list[Completion]) -> list[list[float]] | None:
+    """The sampling log-prob of every token, when the engine reported them for every
+    completion (vLLM does; the transformers engine samples with the trainer's own weights and
+    reports none)."""
+    if not completions or any(c.logprobs is None for c in completions):
+        return None
+    return [list(c.logprobs or []) for c in completions]
 
 
 def step_rewards_of(run: Run, sampled: Sampled) -> list[list[tuple[float | None, int]]]:

@@ -50,8 +50,12 @@ class PolicyLogprobs(torch.nn.Module):
         prompt_width: int,
         temperature: float,
         with_entropy: bool,
+        entropy_grad: bool = False,
+        mask: tuple[int, float] = (0, 1.0),
     ) -> tuple[Tensor, Tensor | None]:
-        return _logprobs(self.lm, ids, attn, cmask, prompt_width, temperature, with_entropy)
+        return _logprobs(
+            self.lm, ids, attn, cmask, prompt_width, temperature, with_entropy, entropy_grad, mask
+        )
 
 
 def completion_logprobs(
@@ -60,13 +64,21 @@ def completion_logprobs(
     *,
     autocast_dtype: torch.dtype | None,
     with_entropy: bool = False,
+    entropy_grad: bool = False,
     temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
 ) -> tuple[Tensor, Tensor | None]:
     """(logp [B, T] float32, entropy [B, T] or None); zeros outside ``completion_mask``.
 
-    ``temperature`` divides the logits, matching the distribution the rollout sampled from.
-    Entropy is a metric only: it is computed without gradient.
+    ``temperature`` divides the logits, and ``top_k`` / ``top_p`` (0 and 1: off) truncate them
+    as the sampler did (the sampling-mask replay of ``grpo.core.logprobs``), so the log-probs
+    are those of the distribution the rollout sampled from. The entropy comes from the same
+    pass; it is a metric without gradient unless ``entropy_grad`` (an entropy bonus in the
+    loss), in which case it carries the gradient of the same hand-written backward.
     """
+    with_entropy = with_entropy or entropy_grad
+    mask = (top_k, top_p)
     device = next(model.parameters()).device
     ids = batch.input_ids.to(device)
     attn = batch.attention_mask.to(device)
@@ -79,8 +91,8 @@ def completion_logprobs(
     P = batch.prompt_width
     with autocast:
         if isinstance(model, PolicyLogprobs):
-            return model(ids, attn, cmask, P, temperature, with_entropy)
-        return _logprobs(model, ids, attn, cmask, P, temperature, with_entropy)
+            return model(ids, attn, cmask, P, temperature, with_entropy, entropy_grad, mask)
+        return _logprobs(model, ids, attn, cmask, P, temperature, with_entropy, entropy_grad, mask)
 
 
 def _logprobs(
@@ -91,7 +103,10 @@ def _logprobs(
     P: int,
     temperature: float,
     with_entropy: bool,
+    entropy_grad: bool = False,
+    mask: tuple[int, float] = (0, 1.0),
 ) -> tuple[Tensor, Tensor | None]:
+    top_k, top_p = mask
     # Positions count real tokens only, as during generation with left padding.
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
     T = cmask.shape[1]
@@ -112,10 +127,13 @@ def _logprobs(
             bias=head.bias,
             temperature=temperature,
             with_entropy=entropy is not None,
+            top_k=top_k,
+            top_p=top_p,
         )
         if entropy is not None:
-            # one pass: the entropy comes from the same logits chunks, with no gradient
-            entropy[cmask] = ent.detach()
+            # one pass: the entropy comes from the same logits chunks
+            ent = ent if entropy_grad else ent.detach()
+            entropy = entropy.masked_scatter(cmask, ent.float())
     else:
         logits = model(
             input_ids=ids,
@@ -124,9 +142,12 @@ def _logprobs(
             use_cache=False,
             logits_to_keep=T + 1,
         ).logits[:, :T]  # [B, T, V]: the columns that predict completion tokens
-        lp = token_logprobs(logits, labels.masked_fill(~cmask, -1), temperature=temperature)[cmask]
+        picked = labels.masked_fill(~cmask, -1)
+        lp = token_logprobs(logits, picked, temperature=temperature, top_k=top_k, top_p=top_p)
+        lp = lp[cmask]
         if entropy is not None:
-            with torch.no_grad():
-                entropy[cmask] = token_entropy(logits.detach(), temperature=temperature)[cmask]
+            src = logits if entropy_grad else logits.detach()
+            ent = token_entropy(src, temperature=temperature, top_k=top_k, top_p=top_p)[cmask]
+            entropy = entropy.masked_scatter(cmask, ent.float())
     logp = logp.masked_scatter(cmask, lp.float())
     return logp, entropy

@@ -1,4 +1,5 @@
-"""What a run writes: metrics.jsonl, samples.jsonl, the progress bar, curves.png."""
+"""What a run writes: metrics.jsonl, samples.jsonl, the progress bar, curves.png, and the same
+metrics to the experiment trackers of ``log.trackers`` (``train/trackers.py``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from grpo.train.trackers import Trackers
 
 
 def _clean(value: Any) -> Any:
@@ -21,13 +24,21 @@ class RunLog:
     """Appends one JSON object per line; the progress bar shows the key numbers.
 
     Only the main process writes (``enabled``); on the other ranks every call is a no-op but
-    ``history``, so the same code runs everywhere."""
+    ``history``, so the same code runs everywhere. ``trackers`` (the main process's) receive
+    every metrics record too."""
 
     def __init__(
-        self, run_dir: Path, total_steps: int, *, progress_bar: bool, enabled: bool = True
+        self,
+        run_dir: Path,
+        total_steps: int,
+        *,
+        progress_bar: bool,
+        enabled: bool = True,
+        trackers: Trackers | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
+        self.trackers = trackers if trackers is not None and enabled else Trackers([])
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self._metrics = self.metrics_path.open("a", encoding="utf-8") if enabled else None
@@ -47,6 +58,7 @@ class RunLog:
         if self._metrics is not None:
             self._metrics.write(json.dumps(record) + "\n")
             self._metrics.flush()
+        self.trackers.log(step, record)  # every scalar of the line, at its step
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
         if self._samples is None:
@@ -68,12 +80,20 @@ class RunLog:
         )
         self.bar.update(1)
 
+    def resumed(self, step: int) -> None:
+        """The progress bar starts at the resumed step."""
+        self.bar.update(step)
+
     def write(self, message: str) -> None:
         if self.enabled:
             tqdm.write(message)
 
     def close(self) -> None:
+        if self.bar is None:
+            return
+        self.trackers.close()
         self.bar.close()
+        self.bar = None
         for f in (self._metrics, self._samples):
             if f is not None:
                 f.close()

@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from grpo.core import LossStats, grpo_loss, loss_normalizer, truncated_is_weights
+from grpo import interrupt
+from grpo.config import loss_settings, sampling_mask
+from grpo.core import LossStats, loss_normalizer, policy_loss_fn, truncated_is_weights
 from grpo.train.batch import RolloutBatch
 from grpo.train.distributed import SINGLE, World, all_reduce, all_reduce_floats
 from grpo.train.logprob_pass import completion_logprobs
@@ -42,12 +44,20 @@ def padded(world: World, count: int) -> int:
 
 @torch.no_grad()
 def batch_logprobs(run: Any, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
-    """[B, T] log-probs of the completion tokens under ``model``, micro-batch by micro-batch."""
+    """[B, T] log-probs of the completion tokens under ``model``, micro-batch by micro-batch,
+    over the sampler's kept set when the sampling mask is replayed (for the reference too: a
+    reference equal to the policy then has KL exactly 0)."""
     world: World = getattr(run, "world", SINGLE)
     out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
     plan = micro_plan(run, batch)
     fillers = padded(world, len(plan))  # agreed before any pass: the passes are collectives
-    kw = dict(autocast_dtype=run.compute_dtype, temperature=run.cfg.rollout.temperature)
+    top_k, top_p = sampling_mask(run.cfg)
+    kw = dict(
+        autocast_dtype=run.compute_dtype,
+        temperature=run.cfg.rollout.temperature,
+        top_k=top_k,
+        top_p=top_p,
+    )
     for idx in plan:
         logp, _ = completion_logprobs(model, batch.rows(idx), **kw)
         out[idx, : logp.shape[1]] = logp.cpu()
@@ -89,27 +99,41 @@ def update_policy(
     """
     cfg, a = run.cfg, run.cfg.algorithm
     world: World = getattr(run, "world", SINGLE)
-    normalizer = global_normalizer(
-        world, a.loss_aggregation, batch, cfg.rollout.max_new_tokens, len(micro)
-    )
+    eps_low, eps_high, aggregation = loss_settings(a)
+    loss_fn = policy_loss_fn(a.policy_loss)
+    top_k, top_p = sampling_mask(cfg)
+    max_new = cfg.rollout.max_new_tokens
+    normalizer = global_normalizer(world, aggregation, batch, max_new, len(micro))
     real = len(micro)
     micro = micro + [filler(batch)] * padded(world, real)
     params = [p for p in run.model.parameters() if p.requires_grad]
     device = next(iter(params)).device
     out: dict[str, float] = {}
-    # entropy sum, its token count, TIS weight sum, capped-token count: summed over ranks
-    extra = torch.zeros(4, dtype=torch.float64)
+    # entropy sum, its token count, TIS weight sum, capped-token count, |logp - engine logp|
+    # sum and its token count: summed over ranks
+    extra = torch.zeros(6, dtype=torch.float64)
+    bonus = a.entropy_coef > 0
     for iteration in range(a.num_iterations):
         stats = LossStats.zeros(device)
         for k, mb in enumerate(micro):
+            if iteration == 0:
+                interrupt.checkpoint()  # before the first optimizer step the weights are intact
             logp, entropy = completion_logprobs(
                 run.model,
                 mb,
                 autocast_dtype=run.compute_dtype,
                 with_entropy=iteration == 0,
+                entropy_grad=bonus,  # the bonus needs the entropy's gradient in every pass
                 temperature=cfg.rollout.temperature,
+                top_k=top_k,
+                top_p=top_p,
             )
             mask = mb.completion_mask.to(device)
+            if iteration == 0 and mb.engine_logprobs is not None:
+                # before any update: the trainer's log-probs of the weights that sampled
+                gap = (logp.detach() - mb.engine_logprobs.to(device)).abs()
+                extra[4] += float(torch.where(mask.bool(), gap, 0.0).sum())
+                extra[5] += float(mask.sum())
             if iteration == 0 and a.num_iterations > 1:
                 mb.old_logprobs = logp.detach()
             weights = None
@@ -120,27 +144,29 @@ def update_policy(
                 weights = truncated_is_weights(old, mb.engine_logprobs.to(device), a.tis_cap, mask)
                 extra[2] += float((weights * mask).sum())
                 extra[3] += float(((weights >= a.tis_cap) & mask.bool()).sum())
-            loss, mb_stats = grpo_loss(
+            loss, mb_stats = loss_fn(
                 logp,
                 None if iteration == 0 else mb.old_logprobs,
                 None if mb.ref_logprobs is None else mb.ref_logprobs.to(device),
                 mb.advantages.to(device),
                 mask,
                 beta=beta,
-                eps_low=a.eps_low,
-                eps_high=a.eps_high,
-                aggregation=a.loss_aggregation,
+                eps_low=eps_low,
+                eps_high=eps_high,
+                aggregation=aggregation,
                 normalizer=normalizer,
                 kl_estimator=a.kl_estimator,
                 dual_clip_c=a.dual_clip_c,
                 token_weights=weights,
+                entropy=entropy if bonus else None,
+                entropy_coef=a.entropy_coef,
             )
             loss.backward()
             if k >= real:
                 continue  # a filler pass: nothing to count
             stats = stats + mb_stats
-            if entropy is not None:
-                extra[0] += float((entropy * mask).sum())
+            if entropy is not None and iteration == 0:
+                extra[0] += float((entropy.detach() * mask).sum())
                 extra[1] += float(mask.sum())
         max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf
         grad_norm = _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
@@ -160,8 +186,13 @@ def update_policy(
                     if "clip" in k or k == "ratio_mean"
                 }
             )
-    ent_sum, ent_tokens, tis_sum, tis_capped = all_reduce(world, extra.to(device)).tolist()
+    ent_sum, ent_tokens, tis_sum, tis_capped, gap_sum, gap_tokens = all_reduce(
+        world, extra.to(device)
+    ).tolist()
     out["entropy"] = ent_sum / max(ent_tokens, 1.0)
+    if gap_tokens > 0:
+        # mean |log pi_trainer - log pi_engine| over the sampled tokens, before the update
+        out["rollout/logprob_abs_diff"] = gap_sum / gap_tokens
     if a.tis_cap is not None:
         n = max(float(batch.completion_mask.sum()) * a.num_iterations, 1.0)
         n = max(all_reduce_floats(world, [n])[0], 1.0)
