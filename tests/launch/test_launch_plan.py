@@ -264,3 +264,45 @@ def test_rank_entry_logs_and_records_the_exit(tmp_path):
     )
     assert r.returncode == 1
     assert "ValueError: boom" in (tmp_path / "rank3.log").read_text()
+
+
+def test_a_stop_on_sigterm_is_not_a_failure(tmp_path, capsys):
+    def rec(rank, ended, code):
+        return RankRecord(rank, rank, 0, "h", 100 + rank, f"/l/rank{rank}.log", 10.0, ended, code)
+
+    # rank 0 saved and exited 143 (128 + SIGTERM) before rank 1 failed: rank 1 is the cause
+    records = {0: rec(0, 19.0, 143), 1: rec(1, 20.0, 1)}
+    assert first_failure(records).rank == 1
+    # every rank stopped on SIGTERM after saving (Slurm before the time limit): say how to go on
+    j = job(tmp_path, "slurm", "launch.nproc_per_node=2")
+    assert common.report(j, {0: rec(0, 20.0, 143), 1: rec(1, 20.0, 143)}, 1) == 1
+    err = capsys.readouterr().err
+    assert "ranks [0, 1] stopped on a signal (exit 143)" in err and "train.resume=auto" in err
+    assert "failed with exit code" not in err
+
+
+def test_an_earlier_launch_s_files_are_kept_aside(tmp_path):
+    from grpo.launch.records import rotate
+
+    for launch_no in range(1, 6):  # five launches, each writing rank 0's log
+        rotate(tmp_path, 0, keep=3)
+        (tmp_path / "rank0.log").write_text(f"launch {launch_no}\n")
+        write_record(tmp_path, RankRecord(0, 0, 0, "h", 1, "l", float(launch_no)))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [
+        "rank0.json",
+        "rank0.json.1",
+        "rank0.json.2",
+        "rank0.json.3",
+        "rank0.log",
+        "rank0.log.1",
+        "rank0.log.2",
+        "rank0.log.3",
+    ]
+    assert [(tmp_path / n).read_text() for n in ("rank0.log", "rank0.log.1", "rank0.log.3")] == [
+        "launch 5\n",
+        "launch 4\n",
+        "launch 2\n",
+    ]
+    assert list(read_records(tmp_path)) == [0]  # only the current record is read
+    assert read_records(tmp_path)[0].started == 5.0

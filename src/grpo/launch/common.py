@@ -23,6 +23,8 @@ from grpo.launch.records import (
     first_failure,
     log_path,
     read_records,
+    rotate,
+    stopped,
     tail,
 )
 
@@ -167,6 +169,14 @@ def report(
     """
     mine = range(job.world_size) if ranks is None else ranks
     fail = first_failure(records)
+    halted = [r for r in stopped(records) if r in mine]
+    if fail is None and halted:
+        code = records[halted[0]].exit_code or fallback_code
+        say(
+            f"ranks {halted} stopped on a signal (exit {code}) and saved a checkpoint; continue "
+            "with the same command and train.resume=auto"
+        )
+        return fallback_code or code
     if fail is None and fallback_code == 0:
         unfinished = sorted(r for r in mine if r not in records or records[r].exit_code is None)
         if unfinished:  # the launcher saw success but a rank left no end record: not success
@@ -213,10 +223,7 @@ def first_log(job: Job, rank: int = 0) -> Path:
 
 
 def clear_rank_files(job: Job, ranks: range | list[int]) -> None:
-    """Remove the logs and records an earlier launch left for these ranks (so the log we stream
-    is this launch's); the ranks write new ones when they start."""
-    from grpo.launch.records import record_path
-
+    """Move the logs and records an earlier launch left for these ranks aside (``.1``, ...), so
+    the log we stream is this launch's; the ranks write new ones when they start."""
     for r in ranks:
-        for path in (log_path(job.log_dir, r), record_path(job.log_dir, r)):
-            path.unlink(missing_ok=True)
+        rotate(job.log_dir, r)

@@ -23,7 +23,7 @@ from typing import Any
 
 from grpo.config import ConfigError
 from grpo.launch.common import Job, LogFollower, report, say, shell_join
-from grpo.launch.records import RankRecord, log_path, record_path, tail
+from grpo.launch.records import RankRecord, log_path, record_path, rotate, tail
 
 POLL_S = 0.5
 SETTLE_S = 5.0  # after a failure, how long the other ranks may take to end by themselves
@@ -71,8 +71,7 @@ class RankActor:
     def run(self, payload: list[str], env: dict[str, str], cwd: str, log_dir: str) -> dict:
         self.log_dir, self.rank = log_dir, int(env["RANK"])
         os.makedirs(log_dir, exist_ok=True)
-        for path in (log_path(log_dir, self.rank), record_path(log_dir, self.rank)):
-            path.unlink(missing_ok=True)
+        rotate(log_dir, self.rank)
         argv = [sys.executable, "-m", "grpo.launch.rank", log_dir, "--", *payload]
         self.proc = subprocess.Popen(
             argv,

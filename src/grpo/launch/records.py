@@ -2,7 +2,9 @@
 
 A rank writes its record when it starts (``exit_code`` null) and again when it ends. Launchers
 read them to tell which rank failed first and where its log is; a rank that has a record but
-never ended was killed (SIGKILL, a lost node) before it could write the second one.
+never ended was killed (SIGKILL, a lost node) or left through ``os._exit`` (the trainer's
+failure watchdog) before it could write the second one. Files of an earlier launch are kept
+as ``rank{R}.log.1``, ``.2``, ... (``rotate``).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +62,40 @@ def read_records(log_dir: str | Path, since: float = 0.0) -> dict[int, RankRecor
     return out
 
 
+# The trainer's exit codes after it stopped on SIGINT / SIGTERM and wrote a checkpoint: a
+# stop asked for (Ctrl-C, Slurm before the time limit, the launcher), not a failure.
+STOP_CODES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
 def first_failure(records: dict[int, RankRecord]) -> RankRecord | None:
-    """The rank that ended with a non-zero code first: the cause; later ones were stopped."""
-    failed = [r for r in records.values() if r.ended is not None and r.exit_code not in (0, None)]
+    """The rank that failed first (a non-zero exit that is not a stop): the cause; the ranks
+    that ended later were stopped because of it."""
+    failed = [
+        r
+        for r in records.values()
+        if r.ended is not None and r.exit_code not in (0, None, *STOP_CODES)
+    ]
     return min(failed, key=lambda r: (r.ended, r.rank)) if failed else None
+
+
+def stopped(records: dict[int, RankRecord]) -> list[int]:
+    """Ranks that stopped on a signal after saving (exit 130 or 143)."""
+    return sorted(r.rank for r in records.values() if r.exit_code in STOP_CODES)
+
+
+def rotate(log_dir: str | Path, rank: int, keep: int = 3) -> None:
+    """Keep an earlier launch's log and record of this rank as ``rank{R}.log.1`` (.2, ...: older;
+    ``keep`` of them), so the files we stream are this launch's and a resubmitted job does not
+    erase why the last one stopped. Each launcher rotates only the ranks it starts."""
+    for path in (log_path(log_dir, rank), record_path(log_dir, rank)):
+        if not path.exists():
+            continue
+        path.with_name(f"{path.name}.{keep}").unlink(missing_ok=True)
+        for i in range(keep - 1, 0, -1):
+            older = path.with_name(f"{path.name}.{i}")
+            if older.exists():
+                os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
+        os.replace(path, path.with_name(f"{path.name}.1"))
 
 
 def tail(path: str | Path, lines: int = 20) -> str:

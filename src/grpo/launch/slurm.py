@@ -29,7 +29,7 @@ from grpo.launch.common import (
     report,
     say,
 )
-from grpo.launch.records import tail
+from grpo.launch.records import STOP_CODES, tail
 
 POLL_S = 1.0
 LOST_S = 60.0  # a job neither scontrol nor sacct knows for this long is lost to us
@@ -255,10 +255,10 @@ def follow(job: Job, job_id: str, out_file: Path) -> int:
     records = job_records(job)
     result = report(job, records, code if code is not None else 1)
     if result != 0 and all(
-        r in records and records[r].exit_code == 0 for r in range(job.world_size)
+        r in records and records[r].exit_code in (0, *STOP_CODES) for r in range(job.world_size)
     ):
         say(
-            "every rank exited 0: the job was signalled (Slurm's SIGTERM "
+            "every rank exited 0 or stopped: the job was signalled (Slurm's SIGTERM "
             f"{job.launch.signal_before_s} s before the time limit, or scancel) and the ranks "
             "stopped in time; torchrun ends with an error after a signal"
         )
