@@ -10,6 +10,7 @@ import textwrap
 from collections.abc import Sequence
 
 from grpo.config import ConfigError, field_docs, load_config
+from grpo.launch import main as _cmd_launch
 
 
 def _train_help() -> str:
@@ -207,7 +208,12 @@ def _cmd_eval(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": _cmd_train, "eval": _cmd_eval, "export": _cmd_export}
+    commands = {
+        "train": _cmd_train,
+        "eval": _cmd_eval,
+        "export": _cmd_export,
+        "launch": _cmd_launch,
+    }
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
         print(
             textwrap.dedent("""\
@@ -215,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
               grpo train [--config FILE] [key=value ...]   train with GRPO (--help lists every key)
               grpo eval MODEL [--data FILE] [--k 1 8]      greedy accuracy and pass@k
+              grpo launch {local,ray,slurm} [--config FILE] [key=value ...]   on every rank
             """)
         )
         return 0 if not argv or argv[0] in ("-h", "--help") else 2

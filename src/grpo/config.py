@@ -1,6 +1,6 @@
 """The typed configuration tree, loaded from YAML with ``key=value`` overrides.
 
-One dataclass per section (model, data, rollout, algorithm, rewards, optim, train, log).
+One dataclass per section (model, data, rollout, algorithm, rewards, optim, train, log, launch).
 OmegaConf does the merging and type checking; this module adds the documentation of each field
 (``--help``), the checks that span several fields, and error messages that name the key.
 Only ``cli`` and ``train`` read a config; everything below them takes plain arguments.
@@ -202,6 +202,42 @@ class LogConfig:
     wandb_project: str = _f("", "W&B project; empty: WANDB_PROJECT or W&B's default")
 
 
+@dataclass
+class LaunchConfig:
+    """How ``grpo launch local|ray|slurm`` starts the trainer; ``grpo train`` ignores it."""
+
+    nnodes: int = _f(1, "machines in the job (local: start `grpo launch local` on each)")
+    nproc_per_node: int = _f(1, "trainer processes per machine (one per GPU)")
+    node_rank: int = _f(0, "local, nnodes > 1: this machine's index, 0 .. nnodes-1")
+    master_addr: str = _f("127.0.0.1", "local, nnodes > 1: address of node 0 (static rendezvous)")
+    master_port: int = _f(
+        0, "rendezvous port; 0: a free one (needed explicitly for local with nnodes > 1)"
+    )
+    ray_address: str = _f("", "ray: empty starts a local Ray cluster; 'auto' or host:port joins")
+    cpus_per_rank: int = _f(
+        1, "CPUs reserved per rank (Ray actor num_cpus; Slurm --cpus-per-task = this x nproc)"
+    )
+    gpus_per_node: int = _f(0, "GPUs reserved per machine (Slurm --gpus-per-node, Ray); 0: CPU")
+    partition: str = _f("", "slurm --partition; empty: the cluster's default")
+    time: str = _f("", "slurm --time limit, e.g. 04:00:00; empty: the partition's default")
+    account: str = _f("", "slurm --account; empty: none")
+    job_name: str = _f("grpo", "slurm --job-name")
+    sbatch_lines: list[str] = _f([], "slurm: extra #SBATCH options, e.g. ['--qos=high', '--mem=0']")
+    container_image: str = _f(
+        "", "slurm: run each node's torchrun in this image (pyxis srun --container-image)"
+    )
+    container_mounts: str = _f(
+        "", "slurm with container_image: --container-mounts; empty: the working directory"
+    )
+    signal_before_s: int = _f(
+        120, "slurm: SIGTERM this many seconds before the time limit (--signal=TERM@N)"
+    )
+    stop_grace_s: int = _f(30, "seconds a stopped rank gets after SIGTERM (to save) before SIGKILL")
+    log_dir: str = _f("", "per-rank logs and exit records; empty: <train.output_dir>/logs")
+    dry_run: bool = _f(False, "print what would be run or submitted, start nothing")
+    wait: bool = _f(True, "stream rank 0's log and return the job's exit code; slurm false: submit")
+
+
 def _default_rewards() -> list[RewardConfig]:
     return [RewardConfig("accuracy", 1.0), RewardConfig("format", 0.2)]
 
@@ -219,6 +255,7 @@ class GRPOConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
 
 
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -312,6 +349,8 @@ def validate(cfg: GRPOConfig) -> None:
         "rollout.max_new_tokens": r.max_new_tokens,
         "rollout.max_batch_rows": r.max_batch_rows,
         "data.num_eval_prompts": cfg.data.num_eval_prompts,
+        "launch.nnodes": cfg.launch.nnodes,
+        "launch.nproc_per_node": cfg.launch.nproc_per_node,
     }
     for key, value in positive.items():
         if value < 1:
@@ -330,6 +369,11 @@ def validate(cfg: GRPOConfig) -> None:
         "optim.max_grad_norm": o.max_grad_norm,
         "algorithm.advantage_eps": a.advantage_eps,
         "algorithm.dynamic_sampling_rounds": a.dynamic_sampling_rounds,
+        "launch.node_rank": cfg.launch.node_rank,
+        "launch.cpus_per_rank": cfg.launch.cpus_per_rank,
+        "launch.gpus_per_node": cfg.launch.gpus_per_node,
+        "launch.signal_before_s": cfg.launch.signal_before_s,
+        "launch.stop_grace_s": cfg.launch.stop_grace_s,
     }
     for key, value in non_negative.items():
         if value < 0:
@@ -418,8 +462,26 @@ def validate(cfg: GRPOConfig) -> None:
             f"key 'train.resume': {t.resume!r} is not auto, never, or an existing checkpoint "
             "directory"
         )
+    _validate_launch(cfg.launch)
     if cfg.data.task == "file" and not cfg.data.train_path:
         raise ConfigError("key 'data.train_path': required when data.task is 'file'")
+
+
+def _validate_launch(lc: LaunchConfig) -> None:
+    """Range checks only; what each backend needs on top is checked by ``grpo.launch``."""
+    if lc.node_rank >= lc.nnodes:
+        raise ConfigError(
+            f"key 'launch.node_rank': {lc.node_rank} is not below launch.nnodes={lc.nnodes} "
+            "(nodes are numbered 0 .. nnodes-1)"
+        )
+    if not 0 <= lc.master_port <= 65535:
+        raise ConfigError(f"key 'launch.master_port': {lc.master_port} is not a port (0-65535)")
+    for i, line in enumerate(lc.sbatch_lines):
+        if not line.startswith("-"):
+            raise ConfigError(
+                f"key 'launch.sbatch_lines[{i}]': {line!r} is not an sbatch option; write it "
+                "as it follows '#SBATCH ', e.g. '--qos=high'"
+            )
 
 
 def loss_settings(a: AlgorithmConfig) -> tuple[float, float, str]:
