@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 import torch
 
+from grpo.rewards import RewardFunction, score_completions
 from grpo.rewards.builtin import accuracy, format_reward, reasoning_length
-from grpo.rewards.combine import RewardFunction, score_completions
 from grpo.rewards.errors import RewardError, RewardSpecError
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from grpo.config import load_config
-from grpo.rewards.code_reward import CodeExecution
 from grpo.rewards.math_reward import MathEquivalence
+from grpo.rewards.sandbox.code_reward import CodeExecution
 from grpo.train.loop import build_reward_functions
 
 

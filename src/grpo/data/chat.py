@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from grpo.data.prompts import prompt_problem
+from grpo.errors import ChatTemplateError
 
 __all__ = ["ChatTemplateError", "render_prompt"]
-
-
-class ChatTemplateError(ValueError):
-    """A chat prompt cannot be rendered with the tokenizer's chat template."""
 
 
 def render_prompt(

@@ -15,12 +15,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from grpo.rewards.code_reward import CodeExecution
 from grpo.rewards.extract import completion_text, extract_number, parse_number
 from grpo.rewards.group_rewards import self_consistency
 from grpo.rewards.math_reward import MathEquivalence
 from grpo.rewards.overlong import soft_overlong_punishment
 from grpo.rewards.reward_model import RewardModel
+from grpo.rewards.sandbox.code_reward import CodeExecution
 
 __all__ = ["BUILTIN_REWARDS", "accuracy", "format_reward", "reasoning_length"]
 
