@@ -27,7 +27,10 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from grpo.config import load_config  # noqa: E402
-from grpo.train.loop import prompt_batches, rl_step, sampling_settings, setup  # noqa: E402
+from grpo.train.experience import round_seed, sampling_settings  # noqa: E402
+from grpo.train.loop import rl_step  # noqa: E402
+from grpo.train.setup import setup  # noqa: E402
+from grpo.train.state import PromptSampler, TrainState  # noqa: E402
 
 
 def main() -> None:
@@ -56,15 +59,15 @@ def main() -> None:
     engine = run.engine
     from vllm.inputs import TokensPrompt
 
-    batches = prompt_batches(len(run.train_rows), 4, seed=0, shuffle=True)
+    state = TrainState(PromptSampler(len(run.train_rows), seed=0, shuffle=True))
     in_step: list[float] = []
     sync: list[float] = []
     raw: list[float] = []
     for step in range(1, args.steps + 3):
         row_ids_probe = list(range(4 * step, 4 * step + 4))  # fresh prompts: no cache hits
-        m = rl_step(run, step, batches)
+        m = rl_step(run, state)
         # the same requests straight to vLLM: 4 prompts, n = 8, the step's sampling settings
-        settings = sampling_settings(cfg, step)
+        settings = sampling_settings(cfg, round_seed(cfg, step, 0))
         prompts = [TokensPrompt(prompt_token_ids=run.train_prompt_ids[i]) for i in row_ids_probe]
         params = [engine._sampling_params(settings, i) for i in range(len(prompts))]
         t = time.perf_counter()

@@ -97,7 +97,7 @@ def test_beta_zero_loads_no_reference_and_mu_two_runs(tmp_path, monkeypatch):
     def no_reference(*args, **kwargs):
         raise AssertionError("beta = 0 must not build a reference model")
 
-    monkeypatch.setattr("grpo.train.loop.frozen_reference", no_reference)
+    monkeypatch.setattr("grpo.train.setup.frozen_reference", no_reference)
     cfg = load_config(
         overrides=[
             *SMALL,

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from grpo.config import load_config
-from grpo.train import loop
+from grpo.train import loop, update
 from grpo.train.batch import build_batch
 from grpo.train.logprob_pass import completion_logprobs
 
@@ -73,9 +73,9 @@ def _run(model, reference, *overrides: str):
 def _update(run, micro_size: int, beta: float, micro_tokens: int = 0):
     batch = build_batch(PROMPTS, COMPLETIONS, ADV, pad_id=0)
     if run.reference is not None:
-        batch.ref_logprobs = loop.batch_logprobs(run, run.reference, batch)
+        batch.ref_logprobs = update.batch_logprobs(run, run.reference, batch)
     micro = [batch.rows(i) for i in batch.plan(max_rows=micro_size, max_tokens=micro_tokens)]
-    metrics = loop.update_policy(run, micro, batch, beta)
+    metrics = update.update_policy(run, micro, batch, beta)
     return metrics, run.optimizer.recorded
 
 
@@ -207,3 +207,22 @@ def test_train_two_steps_end_to_end(tiny_model_dir, tmp_path):
         assert r["completion_len/max"] <= 6
     samples = (run_dir / "samples.jsonl").read_text().splitlines()
     assert len(samples) == 2 * 4  # samples_per_step 4, two steps
+
+
+def test_beta_schedule_starts_at_beta_start_on_step_one():
+    """beta_at is 0-based (steps completed); the loop's steps are 1-based."""
+    from grpo.core import beta_at
+
+    cfg = load_config(
+        None,
+        [
+            "algorithm.beta_schedule=cosine",
+            "algorithm.beta_start=0.5",
+            "algorithm.beta_end=0.1",
+            "train.steps=10",
+        ],
+    )
+    assert loop.step_beta(cfg, 1) == 0.5  # f = 0: held at beta_start
+    assert loop.step_beta(cfg, 9) == pytest.approx(0.1)  # f = 0.8: beta_end
+    kw = dict(schedule="cosine", beta=0.0, beta_start=0.5, beta_end=0.1)
+    assert loop.step_beta(cfg, 5) == beta_at(4, 10, **kw)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from grpo.data.arithmetic import (
@@ -12,50 +10,7 @@ from grpo.data.arithmetic import (
     problem_rows,
     split_of,
 )
-from grpo.train.task_data import load_rows, prompt_batches, tokenize_prompts
-
-# ---- prompt_batches ----------------------------------------------------------------------------
-
-
-def _take(it, k):
-    return list(itertools.islice(it, k))
-
-
-def test_prompt_batches_cover_each_row_once_per_pass_and_reshuffle():
-    # 7 rows, 3 per batch: 7 batches hold exactly 3 passes over the rows
-    batches = _take(prompt_batches(7, 3, seed=0, shuffle=True), 7)
-    assert all(len(b) == 3 for b in batches)
-    flat = [i for b in batches for i in b]
-    passes = [flat[0:7], flat[7:14], flat[14:21]]
-    for p in passes:
-        assert sorted(p) == list(range(7))
-    # reshuffled each pass, and actually shuffled
-    assert len({tuple(p) for p in passes}) == 3
-    assert passes[0] != list(range(7))
-
-
-def test_prompt_batches_reproducible_from_seed():
-    a = _take(prompt_batches(10, 4, seed=3, shuffle=True), 6)
-    b = _take(prompt_batches(10, 4, seed=3, shuffle=True), 6)
-    c = _take(prompt_batches(10, 4, seed=4, shuffle=True), 6)
-    assert a == b
-    assert a != c
-
-
-def test_prompt_batches_without_shuffle_are_in_order():
-    batches = _take(prompt_batches(5, 2, seed=0, shuffle=False), 5)
-    assert batches == [[0, 1], [2, 3], [4, 0], [1, 2], [3, 4]]
-
-
-def test_prompt_batches_one_batch_is_the_whole_set():
-    batches = _take(prompt_batches(4, 4, seed=1, shuffle=True), 3)
-    assert all(sorted(b) == [0, 1, 2, 3] for b in batches)
-
-
-def test_prompt_batches_rejects_too_few_rows():
-    with pytest.raises(ValueError, match="needs 5 prompts but the training set has only 4"):
-        next(prompt_batches(4, 5, seed=0, shuffle=True))
-
+from grpo.train.task_data import load_rows, tokenize_prompts
 
 # ---- load_rows / tokenize_prompts --------------------------------------------------------------
 

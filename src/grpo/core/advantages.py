@@ -52,13 +52,10 @@ class AdvantageOutput:
         0 for NaN rewards and for groups without reward variance.
     frac_zero_std: fraction of groups that carry no learning signal: fewer than 2 valid rewards,
         or all valid rewards exactly equal (max - min == 0, no tolerance).
-    reward_std_mean: mean over groups with >= 2 valid rewards of the group's sample std
-        (0.0 when there is no such group).
     """
 
     advantages: Tensor
     frac_zero_std: float
-    reward_std_mean: float
 
 
 @dataclass(frozen=True)
@@ -76,12 +73,9 @@ class _GroupStats:
     def output(self, adv: Tensor) -> AdvantageOutput:
         """Zero the rows without signal and the invalid entries; package with the statistics."""
         adv = torch.where(self.no_signal[:, None] | ~self.valid, 0.0, adv)
-        has_std = self.count >= 2
-        std_mean = float(self.std[has_std].mean()) if bool(has_std.any()) else 0.0
         return AdvantageOutput(
             advantages=adv.reshape(-1).to(torch.float32),
             frac_zero_std=float(self.no_signal.to(torch.float64).mean()),
-            reward_std_mean=std_mean,
         )
 
 
@@ -289,8 +283,8 @@ def process_advantages(
 
     Returns:
         AdvantageOutput with advantages [B, T] float32: 0 on tokens after the completion's last
-        step end (no step ends at or after them) and on padding. frac_zero_std and
-        reward_std_mean are computed over the groups' step rewards: a group with fewer than 2
+        step end (no step ends at or after them) and on padding. frac_zero_std is
+        computed over the groups' step rewards: a group with fewer than 2
         valid step rewards, or all of them equal, gets advantage 0 everywhere.
 
     Use with ``grpo_loss`` (it accepts [B, T] advantages). Tokens after the last step (e.g. the
@@ -360,9 +354,7 @@ def process_advantages(
         adv.index_put_((torch.tensor(rows), cols), step_norm, accumulate=True)
     adv = adv[:, :T].flip(1).cumsum(1).flip(1)
 
-    has_std = s.count >= 2
     return AdvantageOutput(
         advantages=adv.to(torch.float32),
         frac_zero_std=float(s.no_signal.to(torch.float64).mean()) if num_groups else 0.0,
-        reward_std_mean=float(s.std[has_std].mean()) if bool(has_std.any()) else 0.0,
     )

@@ -39,7 +39,6 @@ __all__ = [
     "clipped_surrogate",
     "grpo_loss",
     "loss_normalizer",
-    "masked_mean",
     "micro_batch_token_mean",
     "seq_mean_token_mean",
     "seq_mean_token_sum_norm",
@@ -173,12 +172,6 @@ def truncated_is_weights(
             diff = torch.where(mask.bool(), diff, float("-inf"))  # exp(-inf) = 0
         # clamp before exp: a huge diff would overflow to inf, and min(inf, C) is C anyway
         return torch.exp(diff.clamp(max=math.log(cap))).clamp(max=cap)
-
-
-def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of x [B, T] over positions where mask [B, T] is set (0 if none)."""
-    m = mask.bool()
-    return torch.where(m, x, 0.0).sum() / m.sum().clamp(min=1)
 
 
 # ---- aggregations: (per_token [B, T], mask [B, T], normalizer) -> scalar -------------------------

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from grpo.data import (
@@ -87,23 +86,3 @@ def tokenize_prompts(
         ids = tokenizer(text, add_special_tokens=isinstance(prompt, str))["input_ids"]
         out.append(ids)
     return out
-
-
-def prompt_batches(
-    num_rows: int, per_batch: int, *, seed: int, shuffle: bool
-) -> Iterator[list[int]]:
-    """Endless row-index batches; every row is used once per pass, reshuffled each pass."""
-    if per_batch > num_rows:
-        raise ValueError(
-            f"a step needs {per_batch} prompts but the training set has only {num_rows}"
-        )
-    rng = random.Random(seed)
-    order: list[int] = []
-    while True:
-        if len(order) < per_batch:
-            fresh = list(range(num_rows))
-            if shuffle:
-                rng.shuffle(fresh)
-            order = order + fresh
-        yield order[:per_batch]
-        order = order[per_batch:]
