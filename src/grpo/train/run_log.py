@@ -1,13 +1,37 @@
-"""What a run writes: metrics.jsonl, samples.jsonl, the progress bar, curves.png."""
+"""What a run writes: metrics.jsonl, samples.jsonl, the console's progress, curves.png.
+
+The console shows one progress bar on a terminal; when the output is not a terminal (a log
+file, a pipe, CI) or ``log.progress_bar`` is false, a one-line summary every ``log_every``
+steps instead, so a log holds lines rather than carriage-return redraws.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+# The key numbers of a step, as (metric, label, format) for the bar and the summary lines.
+_SHOWN = (
+    ("reward/mean", "reward", ".3g"),
+    ("eval/accuracy", "acc", ".3g"),
+    ("kl", "kl", ".3g"),
+    ("completion_len/mean", "len", ".3g"),
+    ("tokens_per_s", "tok/s", ".3g"),
+)
+_open_logs: weakref.WeakSet[RunLog] = weakref.WeakSet()
+
+
+def close_open_bars() -> None:
+    """End every progress bar still drawn (a run stopped by an error), so that what is printed
+    next starts on a line of its own."""
+    for log in list(_open_logs):
+        log.bar.close()
 
 
 def _clean(value: Any) -> Any:
@@ -20,8 +44,21 @@ def _clean(value: Any) -> Any:
 class RunLog:
     """Appends one JSON object per line; the progress bar shows the key numbers."""
 
-    def __init__(self, run_dir: Path, total_steps: int, *, progress_bar: bool) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        total_steps: int,
+        *,
+        progress_bar: bool,
+        log_every: int = 10,
+        initial_step: int = 0,
+    ) -> None:
         self.run_dir = run_dir
+        self.total_steps = total_steps
+        self.log_every = max(1, log_every)
+        self.step = initial_step
+        # a bar only where it can redraw itself in place
+        self.draw_bar = progress_bar and sys.stderr.isatty()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self._metrics = self.metrics_path.open("a", encoding="utf-8")
@@ -29,11 +66,13 @@ class RunLog:
         self.history: list[dict[str, Any]] = []
         self.bar = tqdm(
             total=total_steps,
+            initial=initial_step,
             desc="grpo",
             unit="step",
-            disable=not progress_bar,
+            disable=not self.draw_bar,
             dynamic_ncols=True,
         )
+        _open_logs.add(self)
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
@@ -47,23 +86,29 @@ class RunLog:
         self._samples.flush()
 
     def progress(self, values: dict[str, Any]) -> None:
+        """One step done: redraw the bar, or print a summary line every ``log_every`` steps
+        (and at the last step)."""
+        self.step += 1
         shown = {
-            "reward": values.get("reward/mean"),
-            "acc": values.get("eval/accuracy"),
-            "kl": values.get("kl"),
-            "len": values.get("completion_len/mean"),
-            "tok/s": values.get("tokens_per_s"),
+            label: format(v, fmt)
+            for key, label, fmt in _SHOWN
+            if isinstance(v := values.get(key), float | int) and math.isfinite(v)
         }
-        self.bar.set_postfix(
-            {k: f"{v:.3g}" for k, v in shown.items() if isinstance(v, float | int)}, refresh=False
-        )
-        self.bar.update(1)
+        if self.draw_bar:
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+        elif self.step % self.log_every == 0 or self.step == self.total_steps:
+            seconds = values.get("time/step")
+            timing = f"  {seconds:.2f} s/step" if isinstance(seconds, float | int) else ""
+            numbers = "  ".join(f"{k} {v}" for k, v in shown.items())
+            self.write(f"step {self.step}/{self.total_steps}  {numbers}{timing}")
 
     def write(self, message: str) -> None:
         tqdm.write(message)
 
     def close(self) -> None:
         self.bar.close()
+        _open_logs.discard(self)
         self._metrics.close()
         self._samples.close()
 

@@ -1,5 +1,6 @@
-"""Build everything a run needs, once: rewards and data first (cheap, and where user mistakes
-are), then the run directory, the models, the engine and the optimizer."""
+"""Build everything a run needs, once: first ``preflight`` (rewards, data, tokenizer, model path,
+output directory: cheap, and where user mistakes are), then the run directory, the models, the
+engine and the optimizer."""
 
 from __future__ import annotations
 
@@ -14,19 +15,14 @@ from transformers import PreTrainedModel
 
 from grpo.config import GRPOConfig, to_yaml, uses_reference_model
 from grpo.core import lr_lambda_warmup_cosine
+from grpo.errors import RunDirError
 from grpo.rewards import RewardFunction
 from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
 from grpo.train.distributed import SINGLE, World
-from grpo.train.models import (
-    autocast_dtype,
-    frozen_reference,
-    load_policy,
-    load_tokenizer,
-    resolve_model_path,
-)
+from grpo.train.models import autocast_dtype, frozen_reference, load_policy
+from grpo.train.preflight import preflight
 from grpo.train.run_log import RunLog
-from grpo.train.task_data import load_rows, tokenize_prompts
 from grpo.train.timing import PhaseTimer
 
 
@@ -66,40 +62,13 @@ def make_run_dir(pattern: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(pattern.replace("{timestamp}", stamp))
     if (path / "metrics.jsonl").exists():
-        raise FileExistsError(
-            f"train.output_dir: {path} already holds a run (metrics.jsonl); choose another "
-            "directory or remove it (the default runs/{timestamp} is always new)"
+        raise RunDirError(
+            f"train.output_dir: {path} already holds a run (metrics.jsonl)",
+            hint="choose another directory or remove it (the default runs/{timestamp} is "
+            "always new)",
         )
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def build_reward_functions(cfg: GRPOConfig) -> list[RewardFunction]:
-    fns = [
-        RewardFunction.from_spec(
-            r.name,
-            weight=r.weight,
-            kwargs=dict(r.kwargs),
-            timeout_s=r.timeout_s,
-            on_error=r.on_error,
-        )
-        for r in cfg.rewards
-    ]
-    names = [f.name for f in fns]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"rewards: the functions {dup} appear twice; list each once")
-    return fns
-
-
-def build_step_reward(cfg: GRPOConfig) -> RewardFunction | None:
-    """advantage = process: the step reward, called like any reward (timeout, errors named)."""
-    a = cfg.algorithm
-    if not a.step_reward:
-        return None
-    return RewardFunction.from_spec(
-        a.step_reward, weight=1.0, kwargs=dict(a.step_reward_kwargs), on_error="raise"
-    )
 
 
 def seed_everything(seed: int) -> None:
@@ -113,31 +82,15 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 
-    reward_fns = build_reward_functions(cfg)
-    step_reward = build_step_reward(cfg)
-    required = sorted(set().union(*(f.required_columns() for f in reward_fns)))
-    d = cfg.data
-    train_rows, eval_rows = load_rows(
-        task=d.task,
-        train_path=d.train_path,
-        eval_path=d.eval_path,
-        split=d.split,
-        prompt_column=d.prompt_column,
-        num_train_prompts=d.num_train_prompts,
-        num_eval_prompts=d.num_eval_prompts,
-        seed=cfg.train.seed,
-        required_columns=required,
-    )
-    missing = [c for c in required if c not in train_rows[0]]
-    if missing:
-        raise ValueError(f"rewards need columns {missing} that the training rows do not have")
+    # rewards, data, tokenizer, model path and output directory, checked before anything heavy
+    pre = preflight(cfg)
+    tokenizer, path = pre.tokenizer, pre.model_path
+    train_prompt_ids, eval_prompt_ids = pre.train_prompt_ids, pre.eval_prompt_ids
 
-    run_dir = make_run_dir(cfg.train.output_dir)
+    run_dir = make_run_dir(str(pre.output_dir))
     (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
 
     device = world.device()
-    path = resolve_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -145,9 +98,6 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     reference = frozen_reference(model, compute_dtype) if uses_reference_model(cfg) else None
     model.train()
 
-    tok = dict(prompt_column=d.prompt_column, system_prompt=d.system_prompt)
-    train_prompt_ids = tokenize_prompts(train_rows, tokenizer, **tok)
-    eval_prompt_ids = tokenize_prompts(eval_rows, tokenizer, **tok)
     r = cfg.rollout
     longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
     completion_room = max(r.max_new_tokens, cfg.train.eval_max_new_tokens or 0)
@@ -177,16 +127,21 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         reference=reference,
         tokenizer=tokenizer,
         engine=engine,
-        reward_fns=reward_fns,
-        train_rows=train_rows,
+        reward_fns=pre.reward_fns,
+        train_rows=pre.train_rows,
         train_prompt_ids=train_prompt_ids,
-        eval_rows=eval_rows,
+        eval_rows=pre.eval_rows,
         eval_prompt_ids=eval_prompt_ids,
         optimizer=optimizer,
         scheduler=scheduler,
         compute_dtype=compute_dtype,
-        log=RunLog(run_dir, cfg.train.steps, progress_bar=cfg.log.progress_bar),
-        step_reward=step_reward,
+        log=RunLog(
+            run_dir,
+            cfg.train.steps,
+            progress_bar=cfg.log.progress_bar,
+            log_every=cfg.log.log_every,
+        ),
+        step_reward=pre.step_reward,
     )
 
 
