@@ -245,7 +245,9 @@ def _read_yaml(path: Path) -> Any:
     import yaml
 
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist", hint=f"looked in {path.resolve()}")
+        resolved = str(path.resolve())
+        where = "" if resolved == str(path) else f" (looked in {resolved})"
+        raise ConfigError(f"config file {path} does not exist{where}")
     if path.is_dir():
         raise ConfigError(f"config file {path} is a directory, not a YAML file")
     try:

@@ -34,8 +34,7 @@ def test_raise_names_function_row_prompt_and_keeps_traceback() -> None:
         score_completions([rf], PROMPTS, COMPLETIONS, row_ids=[10, 10, 11, 11])
     message = str(err.value)
     assert "reward function 'fragile' raised ValueError: cannot score 'boom'" in message
-    assert "on completion 2 of the batch (dataset row 11); prompt: 'p2'" in message
-    assert "while scoring a batch of 4 completions (first dataset row 10)" in message
+    assert "on completion 2 of the batch (dataset row 11); prompt: 'p2', in a batch of 4" in message
     assert "on_error: skip" in message  # says how to keep going
     assert (err.value.function, err.value.row, err.value.dataset_row) == ("fragile", 2, 11)
     # The traceback of the user's function is chained below the error.

@@ -143,7 +143,7 @@ def _read(source: str | Path, split: str) -> tuple[list[tuple[str, dict[str, Any
                 hint="a folder written by datasets' save_to_disk must not be named like a file",
             )
         if not path.is_file():
-            raise DatasetError(f"{source}: file not found (looked in {path.resolve()})")
+            raise DatasetError(f"{source}: file not found{looked_in(source, path)}")
         if suffix == ".jsonl":
             return read_jsonl(path, display=str(source))
         rows = _read_parquet(path, str(source))
@@ -193,6 +193,12 @@ def read_jsonl(
                 continue
             located.append((f"line {number}", row))
     return located, problems
+
+
+def looked_in(given: str | Path, path: Path) -> str:
+    """Where a relative path was looked for; nothing when it was absolute already."""
+    resolved = str(path.resolve())
+    return "" if resolved == str(given) else f" (looked in {resolved})"
 
 
 def _read_parquet(path: Path, name: str) -> list[dict[str, Any]]:

@@ -92,16 +92,15 @@ def _raise_blamed(
             else f"did not return within timeout_s={rf.timeout_s:g} s"
         )
         cause = row_outcome.error or outcome.error
-        text = f"on {batch.describe_item(i)}"
+        text = f"on {batch.describe_item(i)}, in a batch of {len(batch.completions)}"
         row, dataset_row = i, batch.dataset_row(i)
     else:
         what = f"raised {exception_text(outcome.error)}"
         cause = outcome.error
-        text = "on the batch, though on each completion alone it does not"
+        text = f"on {batch.describe()}, though on each completion alone it does not"
         row = dataset_row = None
     raise RewardError(
-        f"reward function {rf.name!r} {what}{raised_where(cause)}\n  {text}, while scoring "
-        f"{batch.describe()}",
+        f"reward function {rf.name!r} {what}{raised_where(cause)}\n  {text}",
         function=rf.name,
         row=row,
         dataset_row=dataset_row,

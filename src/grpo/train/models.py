@@ -70,10 +70,11 @@ def _can_only_be_a_path(name: str) -> bool:
 
 
 def _check_model_dir(name: str, path: Path) -> None:
-    where = f"(looked in {path.resolve()})"
+    resolved = str(path.resolve())
+    where = "" if resolved == name else f" (looked in {resolved})"
     if not path.exists():
         raise ModelError(
-            f"{_KEY}: model directory {name} does not exist {where}",
+            f"{_KEY}: model directory {name} does not exist{where}",
             hint="give a directory holding config.json and the weights, a hub id such as "
             "Qwen/Qwen2.5-0.5B-Instruct, or builtin:tiny-arith",
         )

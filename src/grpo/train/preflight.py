@@ -32,7 +32,8 @@ from typing import Any
 
 from grpo.config import GRPOConfig
 from grpo.errors import ConfigError, DatasetError, RewardError, RewardSpecError, RunDirError
-from grpo.rewards import TRAINER_COLUMNS, RewardFunction, score_completions
+from grpo.rewards import TRAINER_COLUMNS, RewardFunction, accuracy, score_completions
+from grpo.rewards.builtin import gold_number
 from grpo.train.models import load_tokenizer, resolve_model_path
 from grpo.train.task_data import load_rows, tokenize_prompts
 
@@ -47,6 +48,8 @@ __all__ = [
 
 # Rows the reward functions are tried on before training.
 PROBE_ROWS = 2
+# Rows whose gold answers are read before training when the accuracy reward is used.
+GOLD_ROWS = 20
 
 
 @dataclass
@@ -93,6 +96,8 @@ def preflight(cfg: GRPOConfig, *, probe: bool = True) -> Preflight:
     )
     source = d.train_path if d.task != "arithmetic" else "the arithmetic task"
     _check_columns(train_rows, needs, str(source), d.prompt_column)
+    if any(rf.fn is accuracy for rf in reward_fns):
+        _check_gold_answers(train_rows, str(source))
     _check_prompt_count(cfg, len(train_rows), str(source))
     _check_system_prompt(cfg, train_rows, str(source))
 
@@ -102,7 +107,7 @@ def preflight(cfg: GRPOConfig, *, probe: bool = True) -> Preflight:
     _check_prompt_lengths(cfg, train_ids, eval_ids, str(source))
 
     if probe:
-        probe_rewards(reward_fns, train_rows, d.prompt_column, source=str(source))
+        probe_rewards(reward_fns, train_rows, d.prompt_column)
     return Preflight(
         model_path=path,
         tokenizer=tokenizer,
@@ -160,7 +165,7 @@ def build_reward_functions(cfg: GRPOConfig) -> list[RewardFunction]:
                 )
             )
         except RewardSpecError as e:
-            raise RewardSpecError(f"rewards[{i}] ({r.name}): {e.message}", hint=e.hint) from e
+            raise RewardSpecError(f"rewards[{i}]: {e.message}", hint=e.hint) from e
     names = [f.name for f in fns]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -204,6 +209,23 @@ def _check_columns(
             "functions",
             hint="rename those columns",
         )
+
+
+def _check_gold_answers(rows: list[dict[str, Any]], source: str) -> None:
+    """The accuracy reward gives None for a gold answer it cannot read (a data fault in one
+    row). When it can read none of the first rows, the column holds something else (a list, a
+    worked solution) and every completion would go unscored: stop."""
+    head = rows[:GOLD_ROWS]
+    if any(gold_number(r.get("answer")) is not None for r in head):
+        return
+    first = head[0].get("answer")
+    raise DatasetError(
+        f"{source} row 0 (0-based): column 'answer' holds {first!r:.80} (a "
+        f"{type(first).__name__}), which the accuracy reward cannot read as a number, and "
+        f"neither can it in the first {len(head)} rows",
+        hint="the accuracy reward needs the final answer: a number, or a string such as "
+        "'1,234' or '3/4'",
+    )
 
 
 def _check_prompt_count(cfg: GRPOConfig, count: int, source: str) -> None:
@@ -250,8 +272,6 @@ def probe_rewards(
     reward_fns: list[RewardFunction],
     rows: list[dict[str, Any]],
     prompt_column: str,
-    *,
-    source: str = "the dataset",
 ) -> None:
     """Call every reward function once, as the trainer will, on an empty completion for each
     of the first ``PROBE_ROWS`` rows; raise its ``RewardError`` (raised, timed out, wrong
@@ -278,8 +298,7 @@ def probe_rewards(
         )
     except RewardError as e:
         raise RewardError(
-            f"before training (each reward is called on an empty completion for the first rows "
-            f"of {source}): {e.message}",
+            f"checking the rewards on an empty completion before training: {e.message}",
             function=e.function,
             row=e.row,
             dataset_row=e.dataset_row,
