@@ -417,17 +417,15 @@ def test_debug_shows_the_traceback_above_the_error(capsys, tmp_path, out, monkey
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tmp_path):
-    """A SIGINT that reaches the command line (here: while a reward function runs)."""
+    """A real SIGINT that reaches the command line (here: while a reward function runs, in the
+    check before training, so that no model needs loading)."""
     path = rewards_file(
         tmp_path,
         """\
         import os, signal, time
-        calls = []
         def interrupt(prompts, completions, **kw):
-            calls.append(1)
-            if len(calls) > 1:  # the first call is the check before training
-                os.kill(os.getpid(), signal.SIGINT)
-                time.sleep(5)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
             return [0.0] * len(completions)
         """,
     )

@@ -91,6 +91,8 @@ def _cmd_train(argv: Sequence[str]) -> int:
     from grpo.train.loop import train  # heavy imports only once the config is valid
 
     summary = train(cfg)
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 speaks for the job
     if "accuracy_before" in summary:
         print(
             f"held-out accuracy: {100 * summary['accuracy_before']:.1f}% -> "

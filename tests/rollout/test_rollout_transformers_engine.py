@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 
 from grpo.rollout.base import Completion, SamplingSettings
-from grpo.rollout.transformers_engine import TransformersEngine, _stop_cut
+from grpo.rollout.seeds import stream_seed
+from grpo.rollout.transformers_engine import (
+    TransformersEngine,
+    _stop_cut,
+    filter_logits,
+    gumbel_noise,
+)
 
 PROMPTS = ["Q: 12+7\n", "Hello", "<think>", "a", "Q: 99-45+3\n"]
 
@@ -206,23 +210,6 @@ def test_sync_weights_copies_another_module(tiny_model, tiny_model_dir, tokenize
         assert torch.equal(a, b), name
 
 
-def _record_scores(model, monkeypatch) -> list[torch.Tensor]:
-    """Make model.generate also keep the processed next-token scores of each step."""
-    scores: list[torch.Tensor] = []
-    original = model.generate
-
-    def generate(**kw):
-        cfg = copy.deepcopy(kw.pop("generation_config"))
-        cfg.output_scores = True
-        cfg.return_dict_in_generate = True
-        out = original(generation_config=cfg, **kw)
-        scores.extend(out.scores)
-        return out.sequences
-
-    monkeypatch.setattr(model, "generate", generate)
-    return scores
-
-
 def _checkpoint_sampling_defaults(model) -> None:
     """What a checkpoint's generation_config.json often carries (e.g. instruct models)."""
     gc = model.generation_config
@@ -231,33 +218,84 @@ def _checkpoint_sampling_defaults(model) -> None:
 
 
 @pytest.mark.parametrize("temperature", [0.7, 1.0])
-def test_samples_from_the_full_tempered_softmax(
-    tiny_model, tokenizer, prompt_ids, monkeypatch, temperature
-):
+def test_samples_from_the_full_tempered_softmax(tiny_model, tokenizer, prompt_ids, temperature):
     """top_k = 0 and top_p = 1 mean the whole distribution softmax(logits / T): the one the
-    trainer scores. Neither transformers' default top_k = 50 nor the checkpoint's
-    generation_config.json may change it."""
+    trainer scores. The checkpoint's generation_config.json must not change it. Each sampled
+    first token is re-derived here as argmax(logits / T + Gumbel noise) from the row's own
+    stream, so any filtering or other distribution would pick other tokens."""
     _checkpoint_sampling_defaults(tiny_model)
-    checkpoint_cfg = tiny_model.generation_config
-    scores = _record_scores(tiny_model, monkeypatch)
     engine = TransformersEngine(tiny_model, tokenizer)
-    engine.generate(prompt_ids, SamplingSettings(temperature=temperature, max_new_tokens=1, seed=0))
-    (first,) = scores  # [rows, V] processed scores of the first new token
-    assert torch.isfinite(first).all(), "tokens were filtered out of the sampling distribution"
+    s = SamplingSettings(n=6, temperature=temperature, max_new_tokens=1, seed=5, seed_offset=3)
+    out = engine.generate(prompt_ids, s)
     with torch.no_grad():
-        for row, ids in enumerate(prompt_ids):
-            logits = tiny_model(input_ids=torch.tensor([ids])).logits[0, -1]
-            want = torch.log_softmax(logits / temperature, -1)
-            got = torch.log_softmax(first[row].float(), -1)
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-4)
-    assert tiny_model.generation_config is checkpoint_cfg  # restored after the call
+        for i, ids in enumerate(prompt_ids):
+            logits = tiny_model(input_ids=torch.tensor([ids])).logits[0, -1].double()
+            for j in range(6):
+                g = torch.Generator().manual_seed(stream_seed(5, 3 + i, j))
+                u = torch.rand(logits.shape[0], generator=g).double()
+                want = int((logits / temperature - torch.log(-torch.log(u))).argmax())
+                assert out[i][j].token_ids[0] == want, (i, j)
+    assert len({c.token_ids[0] for g in out for c in g}) > 5  # it does sample
 
 
-def test_top_k_setting_is_applied(tiny_model, tokenizer, prompt_ids, monkeypatch):
-    scores = _record_scores(tiny_model, monkeypatch)
+def test_gumbel_max_draws_follow_the_softmax():
+    """argmax(logits + Gumbel noise) is a draw from softmax(logits): 40,000 draws over 4 tokens
+    (probabilities 0.1, 0.2, 0.3, 0.4; a frequency's std is at most 0.0025)."""
+    p = torch.tensor([0.1, 0.2, 0.3, 0.4])
+    gens = [torch.Generator().manual_seed(k) for k in range(40_000)]
+    noise = gumbel_noise(gens, 4, torch.device("cpu"))
+    picks = (p.log() + noise).argmax(-1)
+    freq = torch.bincount(picks, minlength=4).double() / len(gens)
+    torch.testing.assert_close(freq, p.double(), atol=0.012, rtol=0)
+
+
+def test_filter_logits_top_k_then_top_p_by_hand():
+    logits = torch.tensor([[1.0, 5.0, 3.0, 2.0, 4.0]])
+    inf = float("-inf")
+    # top-k 2: the two largest (5, 4) stay
+    got = filter_logits(logits, top_k=2, top_p=1.0)
+    assert got.tolist() == [[inf, 5.0, inf, inf, 4.0]]
+    # softmax of [1, 5, 3, 2, 4]: 0.0117, 0.6364, 0.0861, 0.0317, 0.2341. Ascending cumulative
+    # mass: 0.0117, 0.0434, 0.1295, 0.3636, 1.0. top_p 0.8 drops tokens while the dropped mass
+    # stays <= 0.2: the three smallest (0.1295) go, 4.0 (cumulative 0.3636) and 5.0 stay.
+    got = filter_logits(logits, top_k=0, top_p=0.8)
+    assert got.tolist() == [[inf, 5.0, inf, inf, 4.0]]
+    # top_p 0.9: dropped mass <= 0.1 leaves 3.0 in as well
+    got = filter_logits(logits, top_k=0, top_p=0.9)
+    assert got.tolist() == [[inf, 5.0, 3.0, inf, 4.0]]
+    # top-k 3 first ([5, 3, 4], renormalised), then top_p 0.7 over those three:
+    # probs 0.6652, 0.0900, 0.2447: ascending cumulative 0.0900, 0.3348, 1.0 -> only 3.0 goes
+    got = filter_logits(logits, top_k=3, top_p=0.7)
+    assert got.tolist() == [[inf, 5.0, inf, inf, 4.0]]
+    # a tiny top_p keeps the most likely token only
+    assert filter_logits(logits, top_k=0, top_p=1e-6).isfinite().sum() == 1
+
+
+def test_top_k_one_samples_the_greedy_token(tiny_model, tokenizer, prompt_ids):
     engine = TransformersEngine(tiny_model, tokenizer)
-    engine.generate(prompt_ids, SamplingSettings(top_k=5, max_new_tokens=1, seed=0))
-    assert (torch.isfinite(scores[0]).sum(-1) == 5).all()
+    plain = engine.generate(prompt_ids, greedy(max_new_tokens=6))
+    top1 = engine.generate(prompt_ids, SamplingSettings(n=3, top_k=1, max_new_tokens=6, seed=0))
+    for g, (want,) in zip(top1, plain, strict=True):
+        assert all(c.token_ids == want.token_ids for c in g)
+
+
+def test_a_prompt_samples_the_same_alone_in_a_chunk_or_on_another_rank(
+    any_tiny_model, tokenizer, prompt_ids
+):
+    """Per-prompt streams: prompts 0-4 in one call equal prompts 0-1 and 2-4 generated apart
+    (as two ranks would, with seed_offset = the first prompt's index), and a chunked engine."""
+    s = SamplingSettings(n=4, max_new_tokens=10, seed=77)
+    whole = TransformersEngine(any_tiny_model, tokenizer).generate(prompt_ids, s)
+    engine = TransformersEngine(any_tiny_model, tokenizer)
+    rank0 = engine.generate(prompt_ids[:2], s)
+    rank1 = engine.generate(prompt_ids[2:], SamplingSettings(**{**s.__dict__, "seed_offset": 2}))
+    chunked = TransformersEngine(any_tiny_model, tokenizer, max_batch_rows=4).generate(
+        prompt_ids, s
+    )
+    ids = lambda out: [[c.token_ids for c in g] for g in out]  # noqa: E731
+    assert ids(rank0) + ids(rank1) == ids(whole)
+    assert ids(chunked) == ids(whole)
+    assert len({tuple(t) for g in ids(whole) for t in g}) > 10
 
 
 def test_checkpoint_generation_config_does_not_change_greedy(tiny_model, tokenizer, prompt_ids):

@@ -8,6 +8,7 @@ structural (a ``Protocol``): transformers ``generate`` today, vLLM in the speed 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -28,7 +29,12 @@ class SamplingSettings:
     stop: tuple[str, ...] = ()
     # Benchmarks only: keep sampling past EOS so every completion has max_new_tokens tokens.
     ignore_eos: bool = False
+    # None: unseeded. Otherwise prompt i of the call samples from its own stream
+    # ``rollout.seeds.stream_seed(seed, seed_offset + i)``; ``seed_offset`` is the position of the
+    # call's first prompt in the step's whole batch, so a prompt samples the same completions
+    # whichever rank or chunk generates it.
     seed: int | None = None
+    seed_offset: int = 0
 
 
 @dataclass
@@ -57,4 +63,9 @@ class RolloutEngine(Protocol):
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Make the engine sample from ``model``'s current weights."""
+        ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Make the engine sample from these named tensors (checkpoint names, every weight),
+        e.g. the full weights gathered from a sharded policy."""
         ...

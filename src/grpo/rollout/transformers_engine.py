@@ -1,23 +1,63 @@
-"""Generation with transformers ``generate``: KV cache, batched, left padding.
+"""Generation with a transformers model and our own decoding loop: KV cache, batched, left
+padding, and one random stream per sampled row.
+
+Why not ``model.generate``: it draws every row's token from one global generator, so what a
+row samples depends on the other rows of its batch. Here row j of prompt i draws its Gumbel
+noise from a generator seeded by ``stream_seed(seed, seed_offset + i)`` and j, so a prompt gets
+the same completions whether it is generated alone, in another chunk, or on another rank
+(up to the last bits of the logits, which batch shape can change).
 
 The engine samples from the very module being trained (colocated, shared weights), so
-``sync_weights`` has nothing to copy in the usual case; given another module it copies the
-state dict. Use it on a CPU or when vLLM is not installed.
+``sync_weights`` has nothing to copy in the usual case; given another module, or a stream of
+named tensors (``load_weights``, e.g. the full weights of a sharded policy), it copies them.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from grpo.rollout.base import Completion, SamplingSettings
+from grpo.rollout.seeds import stream_seed
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then top-p (nucleus) filtering of ``logits`` [B, V]: removed entries become -inf.
+
+    Same order and rule as vLLM's and transformers' samplers: keep the k largest (ties with
+    the k-th kept), then drop the smallest tokens while the probability mass of what is dropped
+    stays <= 1 - top_p; the most likely token always stays.
+    """
+    if top_k > 0 and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1)  # ascending
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop_sorted = cumulative <= 1.0 - top_p
+        drop_sorted[..., -1] = False
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def gumbel_noise(
+    generators: list[torch.Generator], vocab: int, device: torch.device
+) -> torch.Tensor:
+    """[B, V] standard Gumbel noise, row b from ``generators[b]``: argmax(logits + noise) is a
+    sample of softmax(logits) (the Gumbel-max trick)."""
+    u = torch.stack(
+        [torch.rand(vocab, generator=g, device=device, dtype=torch.float32) for g in generators]
+    )
+    tiny = torch.finfo(torch.float32).tiny
+    return -torch.log(-torch.log(u.clamp(min=tiny, max=1.0 - 1e-7)))
 
 
 class TransformersEngine:
-    """A ``RolloutEngine`` on top of ``model.generate``."""
+    """A ``RolloutEngine`` on top of a transformers causal LM."""
 
     def __init__(
         self,
@@ -41,9 +81,30 @@ class TransformersEngine:
             eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, list) else [eos]) - {None}
 
+    # ---- weights -----------------------------------------------------------------------------
+
     def sync_weights(self, model: torch.nn.Module) -> None:
         if model is not self.model:
             self.model.load_state_dict(model.state_dict())
+
+    @torch.no_grad()
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy named tensors (checkpoint names, any dtype) into the engine's model."""
+        state = self.model.state_dict(keep_vars=True)
+        filled: set[int] = set()
+        for name, tensor in weights:
+            if name not in state:
+                raise KeyError(f"load_weights: the engine's model has no weight {name!r}")
+            state[name].copy_(tensor)
+            filled.add(id(state[name]))
+        # a tied weight arrives under one of its names; buffers (rotary caches) are not sent
+        missing = [
+            n for n, p in self.model.named_parameters(remove_duplicate=False) if id(p) not in filled
+        ]
+        if missing:
+            raise RuntimeError(f"load_weights: no values for the engine's weights {missing}")
+
+    # ---- generation --------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
@@ -60,68 +121,123 @@ class TransformersEngine:
         finally:
             self.model.train(was_training)
 
-    def _generation_config(self, s: SamplingSettings) -> GenerationConfig:
-        sample = s.temperature > 0
-        cfg = GenerationConfig(
-            max_new_tokens=s.max_new_tokens,
-            do_sample=sample,
-            temperature=s.temperature if sample else None,
-            top_p=s.top_p if sample else None,
-            # 0, not None: generate fills None with transformers' global default top_k = 50.
-            top_k=s.top_k if sample else None,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=sorted(self.eos_ids) or None,
-            stop_strings=list(s.stop) or None,
-            use_cache=True,
-        )
-        if s.ignore_eos:
-            # Forbid EOS until the limit so every completion has the same length.
-            cfg.min_new_tokens = s.max_new_tokens
-        return cfg
-
     def generate(
         self, prompt_token_ids: list[list[int]], settings: SamplingSettings
     ) -> list[list[Completion]]:
-        if settings.seed is not None:
-            torch.manual_seed(settings.seed)
-        rows = [ids for ids in prompt_token_ids for _ in range(settings.n)]
-        gen_cfg = self._generation_config(settings)
+        n = settings.n
+        rows = [ids for ids in prompt_token_ids for _ in range(n)]
+        seeds = None
+        if settings.seed is not None and settings.temperature > 0:
+            seeds = [
+                stream_seed(settings.seed, settings.seed_offset + i, j)
+                for i in range(len(prompt_token_ids))
+                for j in range(n)
+            ]
         completions: list[Completion] = []
-        # Whole prompts per chunk, so a prompt's samples come from one generate call.
-        chunk = max(settings.n, (self.max_batch_rows // settings.n) * settings.n)
+        # Whole prompts per chunk; with per-row streams the chunking does not change the samples.
+        chunk = max(n, (self.max_batch_rows // n) * n)
         with self._inference():
             for start in range(0, len(rows), chunk):
-                completions += self._generate_rows(rows[start : start + chunk], gen_cfg, settings)
-        n = settings.n
+                part = rows[start : start + chunk]
+                part_seeds = None if seeds is None else seeds[start : start + chunk]
+                completions += self._generate_rows(part, settings, part_seeds)
         return [completions[i * n : (i + 1) * n] for i in range(len(prompt_token_ids))]
 
     def _generate_rows(
-        self, rows: list[list[int]], gen_cfg: GenerationConfig, settings: SamplingSettings
+        self, rows: list[list[int]], s: SamplingSettings, seeds: list[int] | None
     ) -> list[Completion]:
+        device = self.model.device
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
         attention = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):  # left padding: generated tokens line up at the right
-            input_ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             attention[i, width - len(r) :] = 1
-        device = self.model.device
-        # generate() fills every unset field from the checkpoint's generation_config.json
-        # (top_k, top_p, temperature, repetition_penalty, ...): sampling would then differ from
-        # the softmax(logits / T) the trainer scores. Hide those defaults during the call.
-        checkpoint_defaults = self.model.generation_config
-        self.model.generation_config = GenerationConfig()
-        try:
-            out = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                generation_config=gen_cfg,
-                tokenizer=self.tokenizer if settings.stop else None,
+        ids, attention = ids.to(device), attention.to(device)
+        generators = None
+        if s.temperature > 0:
+            if seeds is None:  # unseeded: fresh streams from the global generator
+                seeds = torch.randint(0, 2**62, (len(rows),)).tolist()
+            generators = [torch.Generator(device=device).manual_seed(x) for x in seeds]
+        tokens = self._decode(ids, attention, s, generators)
+        return [self._finish(t, s) for t in tokens.tolist()]
+
+    def _decode(
+        self,
+        ids: torch.Tensor,
+        attention: torch.Tensor,
+        s: SamplingSettings,
+        generators: list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """[B, <= max_new_tokens] new tokens; rows that finished early are padded with EOS/pad."""
+        B = ids.shape[0]
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        prefill = dict(input_ids=ids, attention_mask=attention, position_ids=positions)
+        try:  # only the last position's logits: no [B, P, V] tensor for the prompt
+            out = self.model(**prefill, use_cache=True, logits_to_keep=1)
+        except TypeError:  # a model without logits_to_keep
+            out = self.model(**prefill, use_cache=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        position = positions[:, -1:]
+        eos = torch.tensor(sorted(self.eos_ids), dtype=torch.long, device=ids.device)
+        finished = torch.zeros(B, dtype=torch.bool, device=ids.device)
+        texts_done = [False] * B
+        new: list[torch.Tensor] = []
+        max_stop = max((len(x) for x in s.stop), default=0)
+        for _ in range(s.max_new_tokens):
+            token = self._pick(logits.float(), s, generators)
+            pad = self.tokenizer.pad_token_id
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            new.append(token)
+            if not s.ignore_eos and len(eos):
+                finished |= torch.isin(token, eos)
+            if s.stop:
+                self._mark_stops(torch.stack(new, 1), finished, texts_done, s.stop, max_stop)
+            if bool(finished.all()):
+                break
+            attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
+            position = position + 1
+            out = self.model(
+                input_ids=token[:, None],
+                attention_mask=attention,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
             )
-        finally:
-            self.model.generation_config = checkpoint_defaults
-        new_tokens = out[:, width:].tolist()
-        return [self._finish(tokens, settings) for tokens in new_tokens]
+            cache, logits = out.past_key_values, out.logits[:, -1]
+        return torch.stack(new, 1)
+
+    def _pick(
+        self, logits: torch.Tensor, s: SamplingSettings, generators: list[torch.Generator] | None
+    ) -> torch.Tensor:
+        if s.ignore_eos and self.eos_ids:
+            # benchmarks: forbid EOS so that every completion has max_new_tokens tokens
+            logits[:, sorted(self.eos_ids)] = float("-inf")
+        if generators is None:  # temperature 0: greedy
+            return logits.argmax(-1)
+        logits = filter_logits(logits / s.temperature, s.top_k, s.top_p)
+        noise = gumbel_noise(generators, logits.shape[-1], logits.device)
+        return (logits + noise).argmax(-1)
+
+    def _mark_stops(
+        self,
+        tokens: torch.Tensor,
+        finished: torch.Tensor,
+        done: list[bool],
+        stop: tuple[str, ...],
+        max_stop_chars: int,
+    ) -> None:
+        """Finish rows whose text now contains a stop string (only the tail can hold a new one:
+        a stop string of m characters spans at most m + a few tokens)."""
+        tail = max_stop_chars + 4
+        for b in range(tokens.shape[0]):
+            if done[b] or bool(finished[b]):
+                continue
+            text = self.tokenizer.decode(tokens[b, -tail:].tolist(), skip_special_tokens=True)
+            if any(x in text for x in stop):
+                done[b] = True
+                finished[b] = True
 
     def _finish(self, tokens: list[int], settings: SamplingSettings) -> Completion:
         """Cut a generated row after its EOS or stop string and say why it ended."""

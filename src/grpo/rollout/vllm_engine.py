@@ -27,7 +27,7 @@ import copy
 import logging
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -36,6 +36,7 @@ from transformers import PreTrainedTokenizerBase
 
 from grpo.errors import ResourceError
 from grpo.rollout.base import Completion, SamplingSettings
+from grpo.rollout.seeds import stream_seed
 
 # Messages from vLLM (0.32) when the weights plus KV cache do not fit the memory it was given.
 _MEMORY_ERROR_HINTS = (
@@ -248,6 +249,11 @@ class VLLMEngine:
             memory_args["kv_cache_memory_bytes"] = min(share, useful)
         self.kv_cache_bytes: int | None = memory_args.get("kv_cache_memory_bytes")
 
+        import torch.distributed as dist
+
+        # vLLM in-process creates the default process group unless one exists (torchrun);
+        # only one it created itself may it destroy on close
+        self._owns_process_group = not dist.is_initialized()
         with _GlobalStateGuard():
             try:
                 self.llm = LLM(
@@ -299,9 +305,9 @@ class VLLMEngine:
     def _sampling_params(self, s: SamplingSettings, prompt_index: int) -> Any:
         from vllm import SamplingParams
 
-        # Distinct streams per prompt: vLLM gives the n children of a request seeds
-        # seed, seed + 1, ..., so prompt i starts at seed + i * n.
-        seed = None if s.seed is None else (s.seed + prompt_index * s.n) % 2**63
+        # One stream per prompt from its position in the step's whole batch (rollout/seeds.py);
+        # vLLM gives the n children of a request the seeds seed, seed + 1, ...
+        seed = None if s.seed is None else stream_seed(s.seed, s.seed_offset + prompt_index)
         return SamplingParams(
             n=s.n,
             temperature=s.temperature,
@@ -373,7 +379,12 @@ class VLLMEngine:
         samples again. Afterwards the prefix cache is cleared: KV from the old weights must
         not serve new prompts.
         """
-        weights = _named_weights(model, self.dtype)
+        self.load_weights(_named_weights(model, self.dtype))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load named tensors (checkpoint names; cast to the engine dtype here if needed), e.g.
+        the full weights gathered from a sharded policy, then clear the prefix cache."""
+        weights = ((name, t.to(self.dtype)) for name, t in weights)
         (missing,) = self.llm.collective_rpc(_reload_on_worker, args=(weights,))
         if missing:
             raise RuntimeError(
@@ -390,10 +401,28 @@ class VLLMEngine:
         if llm is None:
             return
         del self.llm
-        del llm
-        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+        import vllm.v1.engine.core as engine_core
+        from vllm.distributed import parallel_state
 
-        cleanup_dist_env_and_memory()
+        if self._owns_process_group:
+            del llm
+            parallel_state.cleanup_dist_env_and_memory()
+            return
+
+        # Under torchrun vLLM joined the trainer's process group (its tensor-parallel groups
+        # are sub-groups of size 1). Its shutdown would destroy that group under the trainer;
+        # let it drop only its own groups, and leave the world to the trainer.
+        def keep_trainer_group(*args: Any, **kwargs: Any) -> None:
+            parallel_state.destroy_model_parallel()
+            parallel_state._WORLD = None
+
+        original = engine_core.cleanup_dist_env_and_memory
+        engine_core.cleanup_dist_env_and_memory = keep_trainer_group
+        try:
+            llm.llm_engine.engine_core.shutdown()
+            del llm
+        finally:
+            engine_core.cleanup_dist_env_and_memory = original
 
 
 def _reload_on_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) -> list[str]:

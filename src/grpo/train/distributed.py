@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,15 +91,21 @@ def init_world(timeout_s: float = DEFAULT_TIMEOUT_S) -> World:
         world_size=world_size,
         timeout=datetime.timedelta(seconds=timeout_s),
     )
-    return World(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+    world = World(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+    start_failure_watchdog(world)
+    return world
 
 
-def shutdown(world: World) -> None:
-    """Leave the process group cleanly (a group left alive can abort the process at exit)."""
+def shutdown(world: World, *, clean: bool = True) -> None:
+    """Leave the process group (a group left alive can abort the process at exit). ``clean``:
+    every rank got here, so wait for the others first; after a failure there is no one to
+    wait for."""
     if world.distributed and dist.is_initialized():
         try:
-            dist.barrier()
+            if clean:
+                dist.barrier()
         finally:
+            _watchdog_stop.set()  # the others may now exit and take the store with them
             dist.destroy_process_group()
 
 
@@ -143,3 +150,73 @@ def any_rank(world: World, flag: bool) -> bool:
     if not world.distributed:
         return flag
     return all_reduce_floats(world, [1.0 if flag else 0.0], "max")[0] > 0
+
+
+# ---- a failing rank ends the job ------------------------------------------------------------
+
+_watchdog_stop = threading.Event()
+
+FAILURE_KEY = "grpo/failed"
+WATCH_INTERVAL_S = 0.5
+FAILED_PEER_GRACE_S = 3.0
+
+
+def _store() -> Any:
+    return dist.distributed_c10d._get_default_store()
+
+
+def report_failure(world: World, error: BaseException) -> None:
+    """Tell every rank that this one failed, and with what, through the rendezvous store: the
+    others stop at once instead of waiting in a collective this rank will never join."""
+    if not world.distributed or not dist.is_initialized():
+        return
+    message = f"rank {world.rank}: {type(error).__name__}: {error}".splitlines()[0][:500]
+    try:
+        if not _store().check([FAILURE_KEY]):
+            _store().set(FAILURE_KEY, message)
+    except Exception:  # the store may be gone with the rank that hosted it
+        pass
+
+
+def failure_of_another_rank(world: World) -> str | None:
+    """The first failure another rank reported, if any."""
+    if not world.distributed or not dist.is_initialized():
+        return None
+    try:
+        if _store().check([FAILURE_KEY]):
+            message = _store().get(FAILURE_KEY).decode()
+            if not message.startswith(f"rank {world.rank}:"):
+                return message
+    except Exception:
+        return None
+    return None
+
+
+def start_failure_watchdog(world: World) -> None:
+    """A daemon thread that ends this process (exit 1) within about a second of another rank
+    reporting a failure, or of the rendezvous store disappearing (the rank or launcher that
+    hosted it died), printing which rank failed and why."""
+    if not world.distributed:
+        return
+    import sys
+
+    store = _store()
+
+    def watch() -> None:
+        lost = 0
+        while not _watchdog_stop.wait(WATCH_INTERVAL_S):
+            try:
+                failed = store.check([FAILURE_KEY])
+                message = store.get(FAILURE_KEY).decode() if failed else ""
+                lost = 0
+            except Exception as e:  # the store is gone: whoever hosted it died
+                lost += 1  # (or the run just ended: shutdown() stops this thread first)
+                failed, message = lost >= 4, f"lost the rendezvous store ({type(e).__name__})"
+            if _watchdog_stop.is_set():
+                return
+            if failed and not message.startswith(f"rank {world.rank}:"):
+                print(f"[rank {world.rank}] stopping: {message}", file=sys.stderr, flush=True)
+                os._exit(1)
+
+    _watchdog_stop.clear()
+    threading.Thread(target=watch, name="grpo-failure-watchdog", daemon=True).start()

@@ -7,7 +7,7 @@ Every formula lives in ``grpo.core``; this module moves data between the stages.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -26,6 +26,7 @@ from grpo.rewards.step_rewards import steps_to_token_ends
 from grpo.rewards.step_scoring import score_steps
 from grpo.rollout.base import Completion, SamplingSettings
 from grpo.train.batch import RolloutBatch, build_batch
+from grpo.train.distributed import any_rank
 from grpo.train.setup import Run
 from grpo.train.state import TrainState
 from grpo.train.update import batch_logprobs
@@ -127,9 +128,15 @@ def reward_inputs(
     return [r[pc] for r in rows], [c.text for c in completions], columns
 
 
-def sample_and_score(run: Run, step: int, row_ids: list[int], round_: int) -> Sampled:
+def sample_and_score(
+    run: Run, step: int, row_ids: list[int], round_: int, seed_offset: int = 0
+) -> Sampled:
+    """Generate G completions for each row and score them. ``seed_offset``: the position of
+    the first row in the step's whole batch, which fixes each prompt's random stream."""
     G = run.cfg.algorithm.group_size
-    settings = sampling_settings(run.cfg, round_seed(run.cfg, step, round_))
+    settings = replace(
+        sampling_settings(run.cfg, round_seed(run.cfg, step, round_)), seed_offset=seed_offset
+    )
     with run.timer("generate"):
         groups = run.engine.generate([run.train_prompt_ids[i] for i in row_ids], settings)
     completions = [c for g in groups for c in g]
@@ -141,35 +148,51 @@ def sample_and_score(run: Run, step: int, row_ids: list[int], round_: int) -> Sa
     return Sampled(row_ids, completions, scores)
 
 
+def draw(run: Run, state: TrainState, step: int, round_: int, *, generate: bool = True):
+    """One round's prompts: every rank draws the step's whole batch from the shared sampler
+    (so the samplers stay equal) and keeps its own contiguous share of it."""
+    world, G = run.world, run.cfg.algorithm.group_size
+    want = run.cfg.train.batch_size // G
+    share = want // world.world_size
+    rows = state.sampler.take(want)[world.rank * share : (world.rank + 1) * share]
+    if not generate:
+        return None
+    return sample_and_score(run, step, rows, round_, seed_offset=world.rank * share)
+
+
 def collect_rollout(
     run: Run, state: TrainState, step: int
 ) -> tuple[Sampled, Sampled, list[Sampled]]:
-    """(training batch, first sampling round, every round).
+    """(training batch, first sampling round, every round) of this rank.
 
     Without dynamic sampling, one round. With it (DAPO, arXiv 2503.14476 section 3.2), groups
     whose rewards all agree carry no signal and are dropped; new prompts are sampled for up to
     ``dynamic_sampling_rounds`` extra rounds until the batch has its number of groups. If the
     rounds run out, the step trains on the informative groups found (or, if none, on the
-    first round, whose groups then contribute KL only).
+    first round, whose groups then contribute KL only). With several ranks the rounds are
+    taken together: a rank whose share is full skips generation but still advances the
+    sampler, until every rank is full or the rounds run out.
     """
     cfg, G = run.cfg, run.cfg.algorithm.group_size
-    want = cfg.train.batch_size // G
-    first = sample_and_score(run, step, state.sampler.take(want), 0)
+    want = cfg.train.batch_size // G // run.world.world_size
+    first = draw(run, state, step, 0)
     if cfg.algorithm.dynamic_sampling_rounds == 0:
         return first, first, [first]
     kept: list[Sampled] = []
     every = [first]
     have, rounds, current = 0, 1, first
     while True:
-        informative = informative_groups(current.scores.total, G).tolist()
-        keep = [g for g, ok in enumerate(informative) if ok][: want - have]
-        if keep:
-            kept.append(current.groups(keep, G))
-            have += len(keep)
-        if have >= want or rounds > cfg.algorithm.dynamic_sampling_rounds:
+        if current is not None:
+            informative = informative_groups(current.scores.total, G).tolist()
+            keep = [g for g, ok in enumerate(informative) if ok][: want - have]
+            if keep:
+                kept.append(current.groups(keep, G))
+                have += len(keep)
+        if not any_rank(run.world, have < want) or rounds > cfg.algorithm.dynamic_sampling_rounds:
             break
-        current = sample_and_score(run, step, state.sampler.take(want), rounds)
-        every.append(current)
+        current = draw(run, state, step, rounds, generate=have < want)
+        if current is not None:
+            every.append(current)
         rounds += 1
     batch = Sampled.concat(kept) if kept else first
     return batch, first, every

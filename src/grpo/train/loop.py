@@ -19,9 +19,16 @@ from typing import Any
 
 from grpo.config import GRPOConfig
 from grpo.core import beta_at
-from grpo.train.distributed import World, init_world, shutdown
+from grpo.train.distributed import (
+    World,
+    all_gather_objects,
+    all_reduce_floats,
+    init_world,
+    report_failure,
+    shutdown,
+)
 from grpo.train.evaluate import evaluate_accuracy
-from grpo.train.experience import make_experience, sample_records
+from grpo.train.experience import Experience, make_experience, sample_records
 from grpo.train.run_log import plot_curves
 from grpo.train.setup import Run, setup
 from grpo.train.state import PromptSampler, TrainState
@@ -53,7 +60,7 @@ def rl_step(run: Run, state: TrainState) -> dict[str, float]:
         micro = [exp.batch.rows(idx) for idx in micro_plan(run, exp.batch)]
         update = update_policy(run, micro, exp.batch, exp.beta)
     with run.timer("sync"):
-        run.engine.sync_weights(run.model)
+        run.sync_engine()
 
     metrics = step_metrics(
         run.world,
@@ -64,37 +71,62 @@ def rl_step(run: Run, state: TrainState) -> dict[str, float]:
         lr=run.scheduler.get_last_lr()[0],
         beta=beta,
     )
-    run.log.samples(step, sample_records(run, exp, run.cfg.log.samples_per_step))
+    log_samples(run, exp, step)
     state.step = step
     return metrics
 
 
+def log_samples(run: Run, exp: Experience, step: int) -> None:
+    """samples.jsonl: the first completions of every rank's share, ``log.samples_per_step`` in
+    all, in rank order."""
+    k, world = run.cfg.log.samples_per_step, run.world
+    mine = sample_records(run, exp, -(-k // world.world_size))
+    for record in mine:
+        record["rank"] = world.rank
+    rows = [r for part in all_gather_objects(world, mine) for r in part][:k]
+    run.log.samples(step, rows)
+
+
 def evaluate(run: Run) -> dict[str, float]:
-    """Greedy accuracy on the held-out prompts (empty when there are none)."""
+    """Greedy accuracy on the held-out prompts (empty when there are none); each rank decodes
+    a contiguous share of them with its own engine."""
     if not run.eval_rows:
         return {}
-    cfg = run.cfg
-    result = evaluate_accuracy(
-        run.engine,
-        run.eval_prompt_ids,
-        run.eval_rows,
-        prompt_column=cfg.data.prompt_column,
-        max_new_tokens=cfg.train.eval_max_new_tokens or cfg.rollout.max_new_tokens,
-        stop=tuple(cfg.rollout.stop),
-    )
-    return result.as_metrics()
+    cfg, world = run.cfg, run.world
+    n = len(run.eval_rows)
+    lo, hi = n * world.rank // world.world_size, n * (world.rank + 1) // world.world_size
+    counts = [0.0, 0.0, 0.0]  # correct, prompts, completion tokens
+    if hi > lo:
+        result = evaluate_accuracy(
+            run.engine,
+            run.eval_prompt_ids[lo:hi],
+            run.eval_rows[lo:hi],
+            prompt_column=cfg.data.prompt_column,
+            max_new_tokens=cfg.train.eval_max_new_tokens or cfg.rollout.max_new_tokens,
+            stop=tuple(cfg.rollout.stop),
+        )
+        m = hi - lo
+        counts = [result.accuracy * m, float(m), result.mean_completion_tokens * m]
+    correct, prompts, tokens = all_reduce_floats(world, counts)
+    return {"eval/accuracy": correct / prompts, "eval/completion_len": tokens / prompts}
 
 
 def train(cfg: GRPOConfig, world: World | None = None) -> dict[str, Any]:
     """Run GRPO as configured; returns the summary also written to ``summary.json``."""
     started = time.time()
     world = world or init_world()
-    run = setup(cfg, world)
     try:
-        return _train(run, started)
-    finally:
-        run.close()
-        shutdown(world)
+        run = setup(cfg, world)
+        try:
+            summary = _train(run, started)
+        finally:
+            run.close()
+    except BaseException as e:
+        report_failure(world, e)  # the other ranks stop now instead of waiting for this one
+        shutdown(world, clean=False)
+        raise
+    shutdown(world)
+    return summary
 
 
 def _train(run: Run, started: float) -> dict[str, Any]:
@@ -165,9 +197,13 @@ def finish(
         )
     if cfg.train.save_final:
         final = run.run_dir / "final"
-        run.model.save_pretrained(final)
-        run.tokenizer.save_pretrained(final)
+        weights = run.full_state_dict()  # a collective when sharded: every rank takes part
+        if run.world.is_main:
+            run.hf_model.save_pretrained(final, state_dict=weights)
+            run.tokenizer.save_pretrained(final)
         summary["final_model"] = str(final)
+    if not run.world.is_main:
+        return summary
     if cfg.log.plot:
         plot_curves(run.log.history, run.run_dir / "curves.png")
         summary["plot"] = str(run.run_dir / "curves.png")

@@ -42,7 +42,11 @@ def _clean(value: Any) -> Any:
 
 
 class RunLog:
-    """Appends one JSON object per line; the progress bar shows the key numbers."""
+    """Appends one JSON object per line; the progress bar (or a summary line every
+    ``log_every`` steps) shows the key numbers.
+
+    Only the main process writes (``enabled``); on the other ranks every call is a no-op but
+    ``history``, so the same code runs everywhere."""
 
     def __init__(
         self,
@@ -52,17 +56,19 @@ class RunLog:
         progress_bar: bool,
         log_every: int = 10,
         initial_step: int = 0,
+        enabled: bool = True,
     ) -> None:
         self.run_dir = run_dir
+        self.enabled = enabled
         self.total_steps = total_steps
         self.log_every = max(1, log_every)
         self.step = initial_step
         # a bar only where it can redraw itself in place
-        self.draw_bar = progress_bar and sys.stderr.isatty()
+        self.draw_bar = progress_bar and enabled and sys.stderr.isatty()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
-        self._metrics = self.metrics_path.open("a", encoding="utf-8")
-        self._samples = self.samples_path.open("a", encoding="utf-8")
+        self._metrics = self.metrics_path.open("a", encoding="utf-8") if enabled else None
+        self._samples = self.samples_path.open("a", encoding="utf-8") if enabled else None
         self.history: list[dict[str, Any]] = []
         self.bar = tqdm(
             total=total_steps,
@@ -77,10 +83,13 @@ class RunLog:
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
         self.history.append(record)
-        self._metrics.write(json.dumps(record) + "\n")
-        self._metrics.flush()
+        if self._metrics is not None:
+            self._metrics.write(json.dumps(record) + "\n")
+            self._metrics.flush()
 
     def samples(self, step: int, rows: list[dict[str, Any]]) -> None:
+        if self._samples is None:
+            return
         for row in rows:
             self._samples.write(json.dumps({"step": step, **row}, default=str) + "\n")
         self._samples.flush()
@@ -104,13 +113,15 @@ class RunLog:
             self.write(f"step {self.step}/{self.total_steps}  {numbers}{timing}")
 
     def write(self, message: str) -> None:
-        tqdm.write(message)
+        if self.enabled:
+            tqdm.write(message)
 
     def close(self) -> None:
         self.bar.close()
         _open_logs.discard(self)
-        self._metrics.close()
-        self._samples.close()
+        for f in (self._metrics, self._samples):
+            if f is not None:
+                f.close()
 
 
 def plot_curves(history: list[dict[str, Any]], path: Path) -> None:

@@ -4,6 +4,7 @@ engine and the optimizer."""
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,10 +20,12 @@ from grpo.errors import RunDirError
 from grpo.rewards import RewardFunction
 from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
-from grpo.train.distributed import SINGLE, World
+from grpo.train.distributed import SINGLE, World, broadcast_object
+from grpo.train.logprob_pass import PolicyLogprobs
 from grpo.train.models import autocast_dtype, frozen_reference, load_policy
 from grpo.train.preflight import preflight
 from grpo.train.run_log import RunLog
+from grpo.train.sharding import full_weights, is_sharded, shard
 from grpo.train.timing import PhaseTimer
 
 
@@ -33,8 +36,10 @@ class Run:
     cfg: GRPOConfig
     world: World
     run_dir: Path
-    model: PreTrainedModel
-    reference: PreTrainedModel | None  # None exactly when no step has beta > 0
+    # the trained module: the transformers model, or on several ranks the sharded
+    # PolicyLogprobs around it; see ``hf_model``
+    model: torch.nn.Module
+    reference: torch.nn.Module | None  # None exactly when no step has beta > 0
     tokenizer: Any
     engine: RolloutEngine
     reward_fns: list[RewardFunction]
@@ -48,6 +53,32 @@ class Run:
     log: RunLog
     step_reward: RewardFunction | None = None  # advantage = process: the step reward function
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+
+    @property
+    def hf_model(self) -> PreTrainedModel:
+        """The transformers model being trained (inside the FSDP wrapper when sharded)."""
+        return self.model.lm if isinstance(self.model, PolicyLogprobs) else self.model
+
+    def sync_engine(self) -> None:
+        """Give the engine the policy's current weights: nothing to do when it samples from the
+        trained module itself; the full weights gathered from the shards when sharded."""
+        if is_sharded(self.model):
+            dtype = getattr(self.engine, "dtype", None) or torch.float32
+            self.engine.load_weights(full_weights(self.model, dtype))
+        else:
+            self.engine.sync_weights(self.model)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The policy's full weights (fp32, checkpoint names) on the main rank, None elsewhere;
+        with shards a collective, so every rank calls it."""
+        if not is_sharded(self.model):
+            return None
+        weights = full_weights(self.model, torch.float32)
+        if self.world.is_main:
+            return {name: t.cpu() for name, t in weights}
+        for _ in weights:  # take part in every gather
+            pass
+        return None
 
     def close(self) -> None:
         """Free engines, worker pools and reward models."""
@@ -86,9 +117,18 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     pre = preflight(cfg)
     tokenizer, path = pre.tokenizer, pre.model_path
     train_prompt_ids, eval_prompt_ids = pre.train_prompt_ids, pre.eval_prompt_ids
+    world.shares(
+        cfg.train.batch_size // cfg.algorithm.group_size,
+        "train.batch_size / algorithm.group_size (prompts per step; each rank samples whole "
+        "groups)",
+    )
 
-    run_dir = make_run_dir(str(pre.output_dir))
-    (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+    # rank 0 names the directory ({timestamp} could differ between ranks) and alone writes
+    run_dir = Path(
+        broadcast_object(world, str(make_run_dir(str(pre.output_dir))) if world.is_main else None)
+    )
+    if world.is_main:
+        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
 
     device = world.device()
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
@@ -97,6 +137,13 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     compute_dtype = autocast_dtype(cfg.model.dtype, device)
     reference = frozen_reference(model, compute_dtype) if uses_reference_model(cfg) else None
     model.train()
+    # With several ranks the policy is sharded, so the transformers engine generates from an
+    # unsharded inference copy that receives the full weights after every step
+    # (docs/scaling.md); vLLM engines always hold their own copy.
+    engine_model = model
+    if world.distributed:
+        engine_model = copy.deepcopy(model)
+        engine_model.requires_grad_(False)
 
     r = cfg.rollout
     longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
@@ -104,7 +151,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     # vLLM before the optimizer: on a GPU its memory share must be free when it starts
     engine = make_engine(
         r.engine,
-        model=model,
+        model=engine_model,
         tokenizer=tokenizer,
         model_path=path,
         autocast_dtype=compute_dtype,
@@ -118,6 +165,10 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         # (evaluation of more prompts runs in waves)
         vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
     )
+    if world.distributed:
+        model = shard(PolicyLogprobs(model), world, compute_dtype)
+        if reference is not None:
+            reference = shard(PolicyLogprobs(reference), world, compute_dtype)
     optimizer, scheduler = build_optimizer(cfg, model)
     return Run(
         cfg=cfg,
@@ -140,6 +191,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
             cfg.train.steps,
             progress_bar=cfg.log.progress_bar,
             log_every=cfg.log.log_every,
+            enabled=world.is_main,
         ),
         step_reward=pre.step_reward,
     )

@@ -10,6 +10,7 @@ computes on the same batch (DeepSeekMath eq. 3 reduced as documented in core/pol
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -25,16 +26,33 @@ def micro_plan(run: Any, batch: RolloutBatch) -> list[torch.Tensor]:
     return batch.plan(max_rows=t.micro_batch_size, max_tokens=t.micro_batch_tokens)
 
 
+def filler(batch: RolloutBatch) -> RolloutBatch:
+    """A one-row micro-batch with nothing in the loss. Every rank must run as many forward (and
+    backward) passes as the others, since each pass of a sharded model gathers parameters; a
+    rank with fewer micro-batches runs these, which add exactly 0 to loss and gradient."""
+    one = batch.rows(torch.tensor([0]))
+    return replace(one, completion_mask=torch.zeros_like(one.completion_mask))
+
+
+def padded(world: World, count: int) -> int:
+    """How many filler passes this rank runs so that every rank runs the same number."""
+    (most,) = all_reduce_floats(world, [float(count)], "max")
+    return int(most) - count
+
+
 @torch.no_grad()
 def batch_logprobs(run: Any, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
     """[B, T] log-probs of the completion tokens under ``model``, micro-batch by micro-batch."""
+    world: World = getattr(run, "world", SINGLE)
     out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
-    for idx in micro_plan(run, batch):
-        mb = batch.rows(idx)
-        logp, _ = completion_logprobs(
-            model, mb, autocast_dtype=run.compute_dtype, temperature=run.cfg.rollout.temperature
-        )
+    plan = micro_plan(run, batch)
+    fillers = padded(world, len(plan))  # agreed before any pass: the passes are collectives
+    kw = dict(autocast_dtype=run.compute_dtype, temperature=run.cfg.rollout.temperature)
+    for idx in plan:
+        logp, _ = completion_logprobs(model, batch.rows(idx), **kw)
         out[idx, : logp.shape[1]] = logp.cpu()
+    for _ in range(fillers):
+        completion_logprobs(model, filler(batch), **kw)
     return out
 
 
@@ -74,6 +92,8 @@ def update_policy(
     normalizer = global_normalizer(
         world, a.loss_aggregation, batch, cfg.rollout.max_new_tokens, len(micro)
     )
+    real = len(micro)
+    micro = micro + [filler(batch)] * padded(world, real)
     params = [p for p in run.model.parameters() if p.requires_grad]
     device = next(iter(params)).device
     out: dict[str, float] = {}
@@ -81,7 +101,7 @@ def update_policy(
     extra = torch.zeros(4, dtype=torch.float64)
     for iteration in range(a.num_iterations):
         stats = LossStats.zeros(device)
-        for mb in micro:
+        for k, mb in enumerate(micro):
             logp, entropy = completion_logprobs(
                 run.model,
                 mb,
@@ -116,12 +136,14 @@ def update_policy(
                 token_weights=weights,
             )
             loss.backward()
+            if k >= real:
+                continue  # a filler pass: nothing to count
             stats = stats + mb_stats
             if entropy is not None:
                 extra[0] += float((entropy * mask).sum())
                 extra[1] += float(mask.sum())
         max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        grad_norm = _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
         run.optimizer.step()
         run.scheduler.step()
         run.optimizer.zero_grad(set_to_none=True)
@@ -146,3 +168,9 @@ def update_policy(
         out["tis/weight_mean"] = tis_sum / n
         out["tis/capped_frac"] = tis_capped / n
     return out
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor (the grad norm of sharded parameters) as a plain tensor."""
+    full = getattr(t, "full_tensor", None)
+    return full() if callable(full) else t
