@@ -44,6 +44,7 @@ def test_one_family_importable_from_where_it_was():
         (errors.RewardSpecError, 2, ValueError),
         (errors.ModelError, 2, OSError),
         (errors.RunDirError, 2, OSError),
+        (errors.MissingPackageError, 2, ImportError),
         (errors.ResourceError, 1, RuntimeError),
     ],
 )

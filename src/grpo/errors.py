@@ -18,6 +18,7 @@ __all__ = [
     "DatasetError",
     "GrpoError",
     "InputError",
+    "MissingPackageError",
     "ModelError",
     "ResourceError",
     "RewardError",
@@ -124,6 +125,10 @@ class RewardError(GrpoError, RuntimeError):
 
 class ModelError(InputError, OSError):
     """The model (or its tokenizer) named by ``model.name_or_path`` cannot be found or read."""
+
+
+class MissingPackageError(InputError, ImportError):
+    """The configuration needs a package that does not import (vLLM for rollout.engine=vllm)."""
 
 
 class RunDirError(InputError, OSError):

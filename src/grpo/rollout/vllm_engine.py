@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from grpo.errors import ResourceError
+from grpo.errors import MissingPackageError, ResourceError
 from grpo.rollout.base import Completion, SamplingSettings
 from grpo.rollout.seeds import stream_seed
 
@@ -223,7 +223,7 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except Exception as e:  # ImportError, or a broken install
-            raise ImportError(vllm_install_hint(e)) from e
+            raise MissingPackageError(vllm_install_hint(e)) from e
 
         self.tokenizer = tokenizer
         self.model_path = model_path
