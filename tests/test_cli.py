@@ -88,6 +88,7 @@ def test_interrupt_is_one_line_and_130(capsys, monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+    monkeypatch.setenv("GRPO_DEBUG", "0")
     assert main(["train"]) == 130
     captured = capsys.readouterr()
     assert captured.err == "error: interrupted (Ctrl-C)\n" and captured.out == ""
@@ -100,7 +101,7 @@ def test_an_unexpected_error_is_short_and_says_how_to_see_more(capsys, monkeypat
         raise TypeError("unsupported operand\nsecond line")
 
     monkeypatch.setitem(cli.COMMANDS, "train", buggy)
-    monkeypatch.delenv("GRPO_DEBUG", raising=False)
+    monkeypatch.setenv("GRPO_DEBUG", "0")
     assert main(["train"]) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "error: TypeError: unsupported operand"

@@ -263,6 +263,12 @@ def test_a_key_read_only_in_another_mode_is_an_error(override, mode_key):
     assert f"remove {key}, or set {mode_key}=" in str(err.value)
 
 
+def test_train_steps_with_epochs_is_an_error():
+    with pytest.raises(ConfigError, match="'train.steps': not read when train.epochs > 0"):
+        load_config(None, ["train.epochs=2", "train.steps=10"])
+    assert load_config(None, ["train.epochs=2"]).train.epochs == 2
+
+
 def test_keys_of_the_mode_in_use_are_applied():
     cfg = load_config(None, ["data.task=file", "data.train_path=mine.jsonl", "data.split=test"])
     assert (cfg.data.train_path, cfg.data.split) == ("mine.jsonl", "test")

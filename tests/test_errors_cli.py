@@ -309,9 +309,29 @@ def test_output_dir_that_cannot_be_written(capsys):
 
 def test_output_dir_that_already_holds_a_run(capsys, out):
     out.mkdir()
-    (out / "metrics.jsonl").write_text("")
+    (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward/mean": 0.5}) + "\n")
     code, text = run(capsys, "train", *SMALL, *ARITH, f"train.output_dir={out}")
-    check(code, text, 2, "train.output_dir", "already holds a run")
+    check(code, text, 2, "train.output_dir", "already holds a run", "train.resume=auto")
+
+
+def test_a_second_run_into_a_directory_in_use(capsys, out):
+    """The run lock (<run_dir>/.lock) of a live process refuses a second run there."""
+    import socket
+
+    from grpo.train.run_dir import LOCK, _process_start
+
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        out.mkdir()
+        owner = {"pid": live.pid, "host": socket.gethostname(), "start": _process_start(live.pid),
+                 "since": "2026-12-04 01:00:00"}  # fmt: skip
+        (out / LOCK).write_text(json.dumps(owner))
+        code, text = run(capsys, "train", *SMALL, *ARITH, f"train.output_dir={out}")
+    finally:
+        live.kill()
+        live.wait()
+    check(code, text, 2, "train.output_dir", f"{out} is in use by a live run", f"pid {live.pid}")
+    assert (out / LOCK).is_file()  # the live run's lock is left alone
 
 
 # ---- config files and keys -----------------------------------------------------------------
@@ -408,7 +428,7 @@ def test_process_exit_codes_and_stderr(tmp_path):
 
 
 def test_debug_shows_the_traceback_above_the_error(capsys, tmp_path, out, monkeypatch):
-    monkeypatch.delenv("GRPO_DEBUG", raising=False)
+    monkeypatch.setenv("GRPO_DEBUG", "0")  # recorded, so the "1" that --debug sets is undone
     path = tmp_path / "data.jsonl"
     path.write_text('{"prompt": "x"\n')
     code, text = run(capsys, "--debug", "train", *file_task(path), f"train.output_dir={out}")

@@ -88,9 +88,14 @@ def _cmd_train(argv: Sequence[str]) -> int:
     cfg = load_config(config_path, overrides)
     _quiet_console()
 
-    from grpo.train.loop import train  # heavy imports only once the config is valid
+    from grpo.train.loop import Stopped, train  # heavy imports only once the config is valid
 
-    summary = train(cfg)
+    try:
+        summary = train(cfg)
+    except Stopped as stop:
+        if os.environ.get("RANK", "0") == "0":
+            print(f"{stop}; resume: {resume_command(config_path, overrides, stop.run_dir)}")
+        return 128 + stop.signum
     if os.environ.get("RANK", "0") != "0":
         return 0  # rank 0 speaks for the job
     if "accuracy_before" in summary:
@@ -101,6 +106,38 @@ def _cmd_train(argv: Sequence[str]) -> int:
             f"in {summary['wall_time_s']:.0f}s"
         )
     print(f"run directory: {summary['run_dir']} (summary.json, metrics.jsonl, curves.png)")
+    return 0
+
+
+def resume_command(config_path: str | None, overrides: Sequence[str], run_dir: object) -> str:
+    """The command that continues a stopped run: the same settings, its directory, resume."""
+    import shlex
+
+    keep = [o for o in overrides if not o.startswith(("train.resume=", "train.output_dir="))]
+    parts = ["grpo", "train", *(["--config", config_path] if config_path else []), *keep]
+    parts += [f"train.output_dir={run_dir}", "train.resume=auto"]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _cmd_export(argv: Sequence[str]) -> int:
+    """grpo export CHECKPOINT OUT                   a Hugging Face model from a checkpoint"""
+    p = argparse.ArgumentParser(
+        prog="grpo export",
+        description="Write a Hugging Face model (safetensors, config, tokenizer) from a "
+        "checkpoint of a run.",
+    )
+    p.add_argument(
+        "checkpoint",
+        help="a checkpoint directory (RUN/checkpoints/step-N), or a run directory (its latest "
+        "complete checkpoint)",
+    )
+    p.add_argument("out", help="the directory to write the model to")
+    args = p.parse_args(argv)
+
+    from grpo.train.export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {path}: AutoModelForCausalLM.from_pretrained({str(args.out)!r})")
     return 0
 
 
@@ -253,7 +290,11 @@ def _quiet_console() -> None:
 
 
 # name -> command; each command's docstring is its line in the usage.
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"train": _cmd_train, "eval": _cmd_eval}
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "export": _cmd_export,
+}
 
 
 def _usage() -> str:

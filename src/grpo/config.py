@@ -144,6 +144,9 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     steps: int = _f(80, "RL steps: one rollout batch each, with num_iterations updates on it")
+    epochs: float = _f(
+        0.0, "passes over the training prompts; > 0 sets the number of steps (train.steps unused)"
+    )
     batch_size: int = _f(64, "completions per step (prompts per step = batch_size / group_size)")
     micro_batch_size: int = _f(64, "most sequences per forward/backward pass")
     micro_batch_tokens: int = _f(
@@ -154,6 +157,16 @@ class TrainConfig:
     eval_every: int = _f(5, "evaluate every N steps (0: only before and after)")
     eval_max_new_tokens: int | None = _f(None, "evaluation length limit (default: rollout's)")
     save_final: bool = _f(True, "save the final model and tokenizer to <output_dir>/final")
+    save_every: int = _f(20, "write a checkpoint every N steps (and on SIGTERM/Ctrl-C); 0: never")
+    keep_last: int = _f(2, "checkpoints kept in <output_dir>/checkpoints (older ones deleted)")
+    resume: str = _f(
+        "",
+        "auto: continue from the latest checkpoint in output_dir (fresh start if none); never: "
+        "start over (a previous run there is moved aside); or a checkpoint directory",
+    )
+    deterministic: bool = _f(
+        False, "bit-identical reruns on CPU: deterministic kernels, fixed threads (slower)"
+    )
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
     time_limit_minutes: float = _f(0.0, "stop training early after this wall time; 0: none")
 
@@ -317,6 +330,8 @@ def validate(cfg: GRPOConfig) -> None:
         "train.micro_batch_tokens": t.micro_batch_tokens,
         "rollout.max_model_len": r.max_model_len,
         "train.time_limit_minutes": t.time_limit_minutes,
+        "train.epochs": t.epochs,
+        "train.save_every": t.save_every,
         "log.samples_per_step": cfg.log.samples_per_step,
         "optim.weight_decay": o.weight_decay,
         "optim.max_grad_norm": o.max_grad_norm,
@@ -387,10 +402,23 @@ def validate(cfg: GRPOConfig) -> None:
         )
     if a.kl_in_reward and not uses_reference_model(cfg):
         raise ConfigError("key 'algorithm.kl_in_reward': needs beta > 0 (a reference model)")
+    if t.keep_last < 1:
+        raise ConfigError(f"key 'train.keep_last': must be at least 1, got {t.keep_last}")
+    if t.resume not in ("", "auto", "never") and not Path(t.resume).is_dir():
+        raise ConfigError(
+            f"key 'train.resume': {t.resume!r} is not auto, never, or an existing checkpoint "
+            "directory"
+        )
     if cfg.data.task in ("file", "gsm8k") and not cfg.data.train_path:
         raise ConfigError(
             f"key 'data.train_path': required when data.task is '{cfg.data.task}'",
             hint="give the path of the prompts, e.g. data.train_path=prompts.jsonl",
+        )
+    if t.epochs > 0 and t.steps != TrainConfig().steps:
+        raise ConfigError(
+            "key 'train.steps': not read when train.epochs > 0 (the epochs set the steps), so it "
+            "would be ignored",
+            hint="remove train.steps, or set train.epochs=0",
         )
     _check_keys_of_other_modes(cfg)
 

@@ -152,3 +152,72 @@ def test_a_failing_rank_ends_the_job(tmp_path, how):
         assert "flaky" in proc.stdout  # the reward function is named
     else:
         assert "SIGKILL" in proc.stdout or "Signal 9" in proc.stdout
+
+
+def test_a_two_rank_run_killed_mid_way_resumes_on_one_rank(tiny_model_dir, tmp_path):
+    """The DCP shards of 2 ranks load into 1 process (another world size) and the run
+    finishes: every step logged once, and the final model whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    run = tmp_path / "run"
+    args = [
+        f"model.name_or_path={tiny_model_dir}",
+        "rollout.engine=transformers",
+        "model.dtype=float32",
+        "data.num_train_prompts=16",
+        "data.num_eval_prompts=4",
+        "algorithm.group_size=2",
+        "train.batch_size=8",
+        "rollout.max_new_tokens=6",
+        "train.eval_every=0",
+        "train.steps=8",
+        "train.save_every=2",
+        "log.progress_bar=false",
+        "log.plot=false",
+        f"train.output_dir={run}",
+    ]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node=2",
+        "--master-addr=127.0.0.1",
+        f"--master-port={free_port()}",
+        "-m",
+        "grpo",
+        "train",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (
+        (run / "metrics.jsonl").is_file() and '"step": 5,' in (run / "metrics.jsonl").read_text()
+    ):
+        assert proc.poll() is None
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, at once
+    proc.wait()
+    manifest = json.loads(
+        max((run / "checkpoints").glob("step-*")).joinpath("manifest.json").read_text()
+    )
+    assert manifest["world_size"] == 2 and manifest["step"] == 4
+    one = grpo(["train", *args, "train.resume=auto"])
+    assert one.returncode == 0, one.stdout[-3000:]
+    steps = [
+        m["step"]
+        for m in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())
+        if "loss" in m
+    ]
+    assert steps == list(range(1, 9))
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 1
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(run / "final")

@@ -222,7 +222,7 @@ def test_beta_schedule_starts_at_beta_start_on_step_one():
             "train.steps=10",
         ],
     )
-    assert loop.step_beta(cfg, 1) == 0.5  # f = 0: held at beta_start
-    assert loop.step_beta(cfg, 9) == pytest.approx(0.1)  # f = 0.8: beta_end
+    assert loop.step_beta(cfg, 1, 10) == 0.5  # f = 0: held at beta_start
+    assert loop.step_beta(cfg, 9, 10) == pytest.approx(0.1)  # f = 0.8: beta_end
     kw = dict(schedule="cosine", beta=0.0, beta_start=0.5, beta_end=0.1)
-    assert loop.step_beta(cfg, 5) == beta_at(4, 10, **kw)
+    assert loop.step_beta(cfg, 5, 10) == beta_at(4, 10, **kw)

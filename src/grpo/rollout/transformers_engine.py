@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo import interrupt
 from grpo.rollout.base import Completion, SamplingSettings
 from grpo.rollout.seeds import stream_seed
 
@@ -186,6 +187,7 @@ class TransformersEngine:
         new: list[torch.Tensor] = []
         max_stop = max((len(x) for x in s.stop), default=0)
         for _ in range(s.max_new_tokens):
+            interrupt.checkpoint()  # a stop asked for long enough ago aborts the generation
             token = self._pick(logits.float(), s, generators)
             pad = self.tokenizer.pad_token_id
             token = torch.where(finished, torch.full_like(token, pad), token)

@@ -109,6 +109,11 @@ def shutdown(world: World, *, clean: bool = True) -> None:
             dist.destroy_process_group()
 
 
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
 def all_reduce(world: World, t: torch.Tensor, op: str = "sum") -> torch.Tensor:
     """``t`` reduced over ranks (sum, max or min), in place and returned; gloo reduces on the
     CPU, so a CUDA tensor under gloo would fail: tensors here live on ``world.device()``."""

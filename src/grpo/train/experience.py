@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from grpo import interrupt
 from grpo.config import GRPOConfig
 from grpo.core import (
     AdvantageOutput,
@@ -137,8 +138,10 @@ def sample_and_score(
     settings = replace(
         sampling_settings(run.cfg, round_seed(run.cfg, step, round_)), seed_offset=seed_offset
     )
+    interrupt.checkpoint()
     with run.timer("generate"):
         groups = run.engine.generate([run.train_prompt_ids[i] for i in row_ids], settings)
+    interrupt.checkpoint()
     completions = [c for g in groups for c in g]
     with run.timer("score"):
         prompts, texts, columns = reward_inputs(run, row_ids, completions)

@@ -14,15 +14,23 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from grpo import interrupt
 from grpo.config import GRPOConfig
 from grpo.core import beta_at
+from grpo.train.checkpoint import step_name
 from grpo.train.distributed import (
     World,
     all_gather_objects,
     all_reduce_floats,
+    any_rank,
+    broadcast_object,
     init_world,
     report_failure,
     shutdown,
@@ -36,12 +44,12 @@ from grpo.train.step_metrics import step_metrics
 from grpo.train.update import micro_plan, update_policy
 
 
-def step_beta(cfg: GRPOConfig, step: int) -> float:
+def step_beta(cfg: GRPOConfig, step: int, total_steps: int) -> float:
     """The KL weight of ``step`` (1-based); the schedule is a function of completed steps."""
     a = cfg.algorithm
     return beta_at(
         step - 1,
-        cfg.train.steps,
+        total_steps,
         schedule=a.beta_schedule,
         beta=a.beta,
         beta_start=a.beta_start,
@@ -53,7 +61,7 @@ def rl_step(run: Run, state: TrainState) -> dict[str, float]:
     """One GRPO step (``state.step + 1``); returns the step's metrics."""
     step = state.step + 1
     run.timer.reset()
-    beta = step_beta(run.cfg, step)
+    beta = step_beta(run.cfg, step, run.total_steps)
 
     exp = make_experience(run, state, step, beta)
     with run.timer("update"):
@@ -111,16 +119,34 @@ def evaluate(run: Run) -> dict[str, float]:
     return {"eval/accuracy": correct / prompts, "eval/completion_len": tokens / prompts}
 
 
+class Stopped(Exception):
+    """The run stopped on SIGTERM or SIGINT after writing a checkpoint (``checkpoint``)."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path | None, run_dir: Path) -> None:
+        name = signal.Signals(signum).name
+        where = f"checkpoint {checkpoint}" if checkpoint else "nothing to save yet"
+        super().__init__(f"stopped by {name} after step {step}: {where}")
+        self.signum, self.step, self.checkpoint, self.run_dir = signum, step, checkpoint, run_dir
+
+
 def train(cfg: GRPOConfig, world: World | None = None) -> dict[str, Any]:
-    """Run GRPO as configured; returns the summary also written to ``summary.json``."""
+    """Run GRPO as configured; returns the summary also written to ``summary.json``.
+
+    Raises ``Stopped`` when SIGTERM or Ctrl-C ended the run early (a checkpoint was written).
+    """
     started = time.time()
     world = world or init_world()
+    if cfg.train.deterministic:
+        make_deterministic()
     try:
         run = setup(cfg, world)
         try:
             summary = _train(run, started)
         finally:
             run.close()
+    except Stopped:
+        shutdown(world, clean=False)
+        raise
     except BaseException as e:
         report_failure(world, e)  # the other ranks stop now instead of waiting for this one
         shutdown(world, clean=False)
@@ -129,37 +155,102 @@ def train(cfg: GRPOConfig, world: World | None = None) -> dict[str, Any]:
     return summary
 
 
+def make_deterministic() -> None:
+    """Bit-identical reruns on CPU (docs/checkpoints.md): deterministic kernels only."""
+    torch.use_deterministic_algorithms(True)
+
+
 def _train(run: Run, started: float) -> dict[str, Any]:
-    cfg, log = run.cfg, run.log
+    cfg, log, world = run.cfg, run.log, run.world
     log.write(f"run directory: {run.run_dir}")
     state = TrainState(PromptSampler(len(run.train_rows), cfg.train.seed, cfg.data.shuffle))
-    before = evaluate(run)
-    if before:
-        log.metrics(0, before)
-        log.write(f"held-out accuracy before training: {100 * before['eval/accuracy']:.1f}%")
+    if run.resume_from is not None:
+        state.load_state_dict(run.checkpoints.load(run.resume_from, run))
+        run.sync_engine()
+        before = broadcast_object(world, _logged_eval(run.run_dir) if world.is_main else None)
+        log.resumed(state.step)
+        log.write(f"resumed from {run.resume_from} (step {state.step} of {run.total_steps})")
+    else:
+        before = evaluate(run)
+        if before:
+            log.metrics(0, before)
+            log.write(f"held-out accuracy before training: {100 * before['eval/accuracy']:.1f}%")
     limit_s = cfg.train.time_limit_minutes * 60 or math.inf
-    tokens, train_seconds = 0, 0.0
-    while state.step < cfg.train.steps:
-        metrics = rl_step(run, state)
-        tokens += int(metrics["tokens"])
-        train_seconds += metrics["time/step"]
-        out_of_time = time.time() - started > limit_s
-        last = state.step == cfg.train.steps or out_of_time
-        if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and not last:
-            metrics.update(evaluate(run))
-        metrics["time/elapsed"] = time.time() - started  # wall clock at the end of the step
-        log.metrics(state.step, metrics)
-        log.progress(metrics)
-        if out_of_time and state.step < cfg.train.steps:
-            log.write(
-                f"time limit of {cfg.train.time_limit_minutes} min reached at step {state.step}"
-            )
-            break
+    save_every, saved_at = cfg.train.save_every, None
+    # one process can abort a long step 20 s after the signal; ranks always finish the step
+    with interrupt.handling_stops(None if world.distributed else STEP_ABORT_AFTER_S):
+        while state.step < run.total_steps:
+            at_start = state.state_dict()
+            try:
+                metrics = rl_step(run, state)
+            except interrupt.StepAborted:
+                run.optimizer.zero_grad(set_to_none=True)
+                raise _stop(run, at_start, saved_at) from None
+            state.tokens += int(metrics["tokens"])
+            state.train_seconds += metrics["time/step"]
+            out_of_time = time.time() - started > limit_s
+            last = state.step == run.total_steps or out_of_time
+            if cfg.train.eval_every and state.step % cfg.train.eval_every == 0 and not last:
+                metrics.update(evaluate(run))
+            metrics["time/elapsed"] = time.time() - started  # wall clock at the end of the step
+            log.metrics(state.step, metrics)
+            log.progress(metrics)
+            stop = any_rank(world, interrupt.requested() is not None)
+            if save_every and state.step % save_every == 0:
+                run.checkpoints.save(run, state.state_dict())
+                saved_at = state.step
+            if stop:
+                raise _stop(run, state.state_dict(), saved_at)
+            if out_of_time and state.step < run.total_steps:
+                minutes = cfg.train.time_limit_minutes
+                log.write(f"time limit of {minutes} min reached at step {state.step}")
+                break
     after = evaluate(run)
     if after:
         log.metrics(state.step, after)
     log.close()
-    return finish(run, state, before, after, started, tokens, train_seconds)
+    return finish(run, state, before, after, started)
+
+
+# How long after SIGTERM/SIGINT a single-process step may still run before it is aborted.
+STEP_ABORT_AFTER_S = 20.0
+
+
+def _stop(run: Run, trainer_state: dict[str, Any], saved_at: int | None) -> Stopped:
+    """Write the checkpoint of ``trainer_state`` (unless that step is saved already) and say
+    where it is."""
+    signum = interrupt.requested() or signal.SIGTERM
+    step = int(trainer_state["step"])
+    path = None  # (nothing to save before the first step)
+    if step > 0:
+        # even with train.save_every = 0: a stopped run must be resumable
+        if saved_at == step:
+            path = run.checkpoints.root / step_name(step)
+        else:
+            path = run.checkpoints.save(run, trainer_state)
+    run.log.close()
+    return Stopped(signum, step, path, run.run_dir)
+
+
+def _logged_eval(run_dir: Path) -> dict[str, float]:
+    """The evaluation before training, from metrics.jsonl (a resumed run does not redo it)."""
+    for record in read_metrics(run_dir):
+        if record.get("step") == 0 and "eval/accuracy" in record:
+            return {k: v for k, v in record.items() if k.startswith("eval/")}
+    return {}
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
 
 
 def finish(
@@ -168,11 +259,10 @@ def finish(
     before: dict[str, float],
     after: dict[str, float],
     started: float,
-    tokens: int,
-    train_seconds: float,
 ) -> dict[str, Any]:
     """summary.json, the final model and the curves."""
     cfg = run.cfg
+    tokens, train_seconds = state.tokens, state.train_seconds
     summary: dict[str, Any] = {
         "run_dir": str(run.run_dir),
         "steps": state.step,
@@ -205,7 +295,7 @@ def finish(
     if not run.world.is_main:
         return summary
     if cfg.log.plot:
-        plot_curves(run.log.history, run.run_dir / "curves.png")
+        plot_curves(read_metrics(run.run_dir), run.run_dir / "curves.png")
         summary["plot"] = str(run.run_dir / "curves.png")
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -31,7 +31,8 @@ def close_open_bars() -> None:
     """End every progress bar still drawn (a run stopped by an error), so that what is printed
     next starts on a line of its own."""
     for log in list(_open_logs):
-        log.bar.close()
+        if log.bar is not None:
+            log.bar.close()
 
 
 def _clean(value: Any) -> Any:
@@ -112,12 +113,20 @@ class RunLog:
             numbers = "  ".join(f"{k} {v}" for k, v in shown.items())
             self.write(f"step {self.step}/{self.total_steps}  {numbers}{timing}")
 
+    def resumed(self, step: int) -> None:
+        """The progress bar (and the summary lines' count) start at the resumed step."""
+        self.step = step
+        self.bar.update(step)
+
     def write(self, message: str) -> None:
         if self.enabled:
             tqdm.write(message)
 
     def close(self) -> None:
+        if self.bar is None:
+            return
         self.bar.close()
+        self.bar = None
         _open_logs.discard(self)
         for f in (self._metrics, self._samples):
             if f is not None:

@@ -5,9 +5,9 @@ engine and the optimizer."""
 from __future__ import annotations
 
 import copy
+import math
 import random
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +16,11 @@ from transformers import PreTrainedModel
 
 from grpo.config import GRPOConfig, to_yaml, uses_reference_model
 from grpo.core import lr_lambda_warmup_cosine
-from grpo.errors import RunDirError
 from grpo.rewards import RewardFunction
 from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
+from grpo.train import run_dir as run_dir_lib
+from grpo.train.checkpoint import CheckpointManager, read_manifest
 from grpo.train.distributed import SINGLE, World, broadcast_object
 from grpo.train.logprob_pass import PolicyLogprobs
 from grpo.train.models import autocast_dtype, frozen_reference, load_policy
@@ -52,6 +53,10 @@ class Run:
     compute_dtype: torch.dtype | None
     log: RunLog
     step_reward: RewardFunction | None = None  # advantage = process: the step reward function
+    total_steps: int = 0  # train.steps, or what train.epochs makes of it
+    checkpoints: CheckpointManager | None = None
+    resume_from: Path | None = None  # the checkpoint this run continues, if any
+    lock: run_dir_lib.RunLock | None = None  # held by rank 0 while the run is alive
     timer: PhaseTimer = field(default_factory=PhaseTimer)
 
     @property
@@ -66,7 +71,7 @@ class Run:
             dtype = getattr(self.engine, "dtype", None) or torch.float32
             self.engine.load_weights(full_weights(self.model, dtype))
         else:
-            self.engine.sync_weights(self.model)
+            self.engine.sync_weights(self.hf_model)
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The policy's full weights (fp32, checkpoint names) on the main rank, None elsewhere;
@@ -81,25 +86,13 @@ class Run:
         return None
 
     def close(self) -> None:
-        """Free engines, worker pools and reward models."""
+        """Free engines, worker pools and reward models; release the directory's lock."""
+        if self.lock is not None:
+            self.lock.release()
         for holder in [self.engine, *(rf.fn for rf in self.reward_fns)]:
             close = getattr(holder, "close", None)
             if callable(close):
                 close()
-
-
-def make_run_dir(pattern: str) -> Path:
-    """A fresh run directory; one that already holds a run is refused, not appended to."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path(pattern.replace("{timestamp}", stamp))
-    if (path / "metrics.jsonl").exists():
-        raise RunDirError(
-            f"train.output_dir: {path} already holds a run (metrics.jsonl)",
-            hint="choose another directory or remove it (the default runs/{timestamp} is "
-            "always new)",
-        )
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 def seed_everything(seed: int) -> None:
@@ -124,11 +117,30 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     )
 
     # rank 0 names the directory ({timestamp} could differ between ranks) and alone writes
-    run_dir = Path(
-        broadcast_object(world, str(make_run_dir(str(pre.output_dir))) if world.is_main else None)
-    )
+    prompts_per_step = cfg.train.batch_size // cfg.algorithm.group_size
+    total_steps = cfg.train.steps
+    if cfg.train.epochs > 0:
+        total_steps = max(1, math.ceil(cfg.train.epochs * len(pre.train_rows) / prompts_per_step))
+
+    # rank 0 names the directory ({timestamp} could differ between ranks), locks it, decides
+    # what to resume, and alone writes there
+    lock = None
+    decision = None
     if world.is_main:
-        (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        run_dir = pre.output_dir  # {timestamp} filled in, checked writable by preflight
+        lock = run_dir_lib.RunLock(run_dir)
+        lock.acquire()
+        try:
+            decision = run_dir_lib.decide(run_dir, cfg.train.resume, cfg.train.keep_last)
+            if decision.resume_from is not None:
+                step = read_manifest(decision.resume_from)["step"]
+                run_dir_lib.truncate_logs(run_dir, step)
+            (run_dir / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+        except BaseException:
+            lock.release()
+            raise
+    decision = broadcast_object(world, decision)
+    run_dir = decision.run_dir
 
     device = world.device()
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
@@ -165,11 +177,14 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         # (evaluation of more prompts runs in waves)
         vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
     )
+    # the trained module is the log-prob pass around the model, on one rank too, so that the
+    # checkpoints of 1 and N ranks name the weights alike (lm.*) and load into each other
+    model = PolicyLogprobs(model)
     if world.distributed:
-        model = shard(PolicyLogprobs(model), world, compute_dtype)
+        model = shard(model, world, compute_dtype)
         if reference is not None:
             reference = shard(PolicyLogprobs(reference), world, compute_dtype)
-    optimizer, scheduler = build_optimizer(cfg, model)
+    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
     return Run(
         cfg=cfg,
         world=world,
@@ -188,17 +203,21 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         compute_dtype=compute_dtype,
         log=RunLog(
             run_dir,
-            cfg.train.steps,
+            total_steps,
             progress_bar=cfg.log.progress_bar,
             log_every=cfg.log.log_every,
             enabled=world.is_main,
         ),
         step_reward=pre.step_reward,
+        total_steps=total_steps,
+        checkpoints=CheckpointManager(run_dir, world, cfg.train.keep_last),
+        resume_from=decision.resume_from,
+        lock=lock,
     )
 
 
 def build_optimizer(
-    cfg: GRPOConfig, model: torch.nn.Module
+    cfg: GRPOConfig, model: torch.nn.Module, total_steps: int
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW over the trainable parameters, with linear warm-up then cosine decay per update."""
     o = cfg.optim
@@ -208,7 +227,7 @@ def build_optimizer(
         betas=(o.adam_beta1, o.adam_beta2),
         weight_decay=o.weight_decay,
     )
-    total_updates = cfg.train.steps * cfg.algorithm.num_iterations
+    total_updates = total_steps * cfg.algorithm.num_iterations
     warmup = round(o.warmup_ratio * total_updates)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,

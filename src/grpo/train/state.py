@@ -122,15 +122,37 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class TrainState:
-    """The loop's position: ``step`` steps are done; the next prompts come from ``sampler``."""
+    """The loop's position: ``step`` steps are done; the next prompts come from ``sampler``.
+
+    ``tokens`` and ``train_seconds`` add up over every run of a resumed job; ``trackers``
+    holds experiment trackers' run ids, so a resumed run continues the same tracker run.
+    There is no dynamic-sampling carry-over to keep: the rounds of a step finish within the
+    step and surplus informative groups are dropped (as in DAPO and verl), since they were
+    sampled by a policy the next step no longer has.
+    """
 
     sampler: PromptSampler
     step: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0
+    trackers: dict[str, str] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "sampler": self.sampler.state_dict(), "rng": rng_state()}
+        return {
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "tokens": self.tokens,
+            "train_seconds": self.train_seconds,
+            "trackers": dict(self.trackers),
+            "rng": rng_state(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore; ``rng`` may be missing (a rank the checkpoint did not have)."""
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        self.tokens = int(state.get("tokens", 0))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.trackers = dict(state.get("trackers", {}))
+        if "rng" in state:
+            set_rng_state(state["rng"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from grpo import interrupt
 from grpo.core import LossStats, grpo_loss, loss_normalizer, truncated_is_weights
 from grpo.train.batch import RolloutBatch
 from grpo.train.distributed import SINGLE, World, all_reduce, all_reduce_floats
@@ -102,6 +103,8 @@ def update_policy(
     for iteration in range(a.num_iterations):
         stats = LossStats.zeros(device)
         for k, mb in enumerate(micro):
+            if iteration == 0:
+                interrupt.checkpoint()  # before the first optimizer step the weights are intact
             logp, entropy = completion_logprobs(
                 run.model,
                 mb,
