@@ -35,20 +35,88 @@ def test_train_short_help_flag(capsys):
 def test_no_arguments_prints_usage(capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
-    assert "usage: grpo {train,eval}" in out
+    assert "usage: grpo {train,eval" in out
     assert "grpo train" in out and "grpo eval" in out
 
 
-def test_unknown_command_prints_usage_and_fails(capsys):
+def test_unknown_command_names_itself_and_fails(capsys):
     assert main(["trian"]) == 2
-    assert "usage: grpo" in capsys.readouterr().out
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown command 'trian' (did you mean 'train'?)")
+    assert "the commands are train, eval" in err and "grpo --help" in err
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'; the commands" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    import grpo
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"grpo {grpo.__version__}"
+
+
+def test_every_eval_option_has_help():
+    from grpo.cli import _eval_parser
+
+    for action in _eval_parser()._actions:
+        assert action.help and action.help.strip(), action.option_strings or action.dest
+
+
+def test_train_help_and_readme_agree_on_the_demo_time(capsys):
+    from grpo.cli import DEMO_DURATION
+
+    assert main(["train", "--help"]) == 0
+    assert DEMO_DURATION in capsys.readouterr().out
+    readme = (SRC.parent / "README.md").read_text()
+    assert DEMO_DURATION in readme, "README's make demo line and grpo train --help disagree"
+    assert "a few minutes" not in readme
+
+
+def test_usage_lists_every_command_from_the_dispatch_table(capsys):
+    from grpo.cli import COMMANDS
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for name in COMMANDS:
+        assert f"grpo {name} " in out
+
+
+def test_interrupt_is_one_line_and_130(capsys, monkeypatch):
+    from grpo import cli
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli.COMMANDS, "train", interrupted)
+    monkeypatch.setenv("GRPO_DEBUG", "0")
+    assert main(["train"]) == 130
+    captured = capsys.readouterr()
+    assert captured.err == "error: interrupted (Ctrl-C)\n" and captured.out == ""
+
+
+def test_an_unexpected_error_is_short_and_says_how_to_see_more(capsys, monkeypatch):
+    from grpo import cli
+
+    def buggy(argv):
+        raise TypeError("unsupported operand\nsecond line")
+
+    monkeypatch.setitem(cli.COMMANDS, "train", buggy)
+    monkeypatch.setenv("GRPO_DEBUG", "0")
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "error: TypeError: unsupported operand"
+    assert "--debug" in err[1] and len(err) == 2 and "Traceback" not in "\n".join(err)
+    monkeypatch.setenv("GRPO_DEBUG", "1")
+    assert main(["train"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.splitlines()[-2] == "error: TypeError: unsupported operand"
 
 
 def test_bad_key_returns_2_and_names_key(capsys):
     assert main(["train", "algorithm.grop=1"]) == 2
     captured = capsys.readouterr()
+    assert captured.err.startswith("error: override 'algorithm.grop=1'")
     assert "algorithm.grop" in captured.err
-    assert "config error" in captured.err
     assert captured.out == ""
 
 

@@ -219,19 +219,84 @@ def test_field_docs_defaults_match_the_dataclasses():
 
 
 def test_uses_reference_model():
-    def ref(*overrides: str) -> bool:
-        return uses_reference_model(load_config(None, list(overrides)))
+    # built directly: load_config refuses a key the schedule does not read (tested below)
+    def ref(**algorithm: object) -> bool:
+        cfg = GRPOConfig()
+        cfg.algorithm = dataclasses.replace(cfg.algorithm, **algorithm)
+        return uses_reference_model(cfg)
 
     assert ref() is True  # constant beta 0.04
-    assert ref("algorithm.beta=0") is False
+    assert ref(beta=0) is False
     # constant: beta_start/beta_end do not matter
-    assert ref("algorithm.beta=0", "algorithm.beta_start=0.1") is False
+    assert ref(beta=0, beta_start=0.1) is False
     # cosine: beta does not matter, either end > 0 does
-    cos = "algorithm.beta_schedule=cosine"
-    assert ref(cos, "algorithm.beta=0") is True  # beta_start 0.04 by default
-    assert ref(cos, "algorithm.beta_start=0", "algorithm.beta_end=0") is False
-    assert ref(cos, "algorithm.beta_start=0", "algorithm.beta_end=0.01") is True
-    assert ref(cos, "algorithm.beta=0.5", "algorithm.beta_start=0", "algorithm.beta_end=0") is False
+    cos = "cosine"
+    assert ref(beta_schedule=cos, beta=0) is True  # beta_start 0.04 by default
+    assert ref(beta_schedule=cos, beta_start=0, beta_end=0) is False
+    assert ref(beta_schedule=cos, beta_start=0, beta_end=0.01) is True
+    assert ref(beta_schedule=cos, beta=0.5, beta_start=0, beta_end=0) is False
+
+
+@pytest.mark.parametrize(
+    ("override", "mode_key"),
+    [
+        ("data.train_path=mine.jsonl", "data.task"),
+        ("data.eval_path=held.jsonl", "data.task"),
+        ("data.split=test", "data.task"),
+        ("data.prompt_column=question", "data.task"),
+        ("data.system_prompt=Be brief.", "data.task"),
+        ("algorithm.step_reward=m:f", "algorithm.advantage"),
+        ("algorithm.scale_rewards=batch", "algorithm.advantage"),
+        ("algorithm.beta_start=0.1", "algorithm.beta_schedule"),
+        ("rollout.vllm_enforce_eager=true", "rollout.engine"),
+    ],
+)
+def test_a_key_read_only_in_another_mode_is_an_error(override, mode_key):
+    extra = {
+        "algorithm.scale_rewards": ["algorithm.advantage=rloo"],
+        "rollout.vllm_enforce_eager": ["rollout.engine=transformers"],
+    }.get(override.split("=")[0], [])
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config(None, [override, *extra])
+    assert f"key '{key}': only read when {mode_key} is" in str(err.value)
+    assert f"remove {key}, or set {mode_key}=" in str(err.value)
+
+
+def test_train_steps_with_epochs_is_an_error():
+    with pytest.raises(ConfigError, match="'train.steps': not read when train.epochs > 0"):
+        load_config(None, ["train.epochs=2", "train.steps=10"])
+    assert load_config(None, ["train.epochs=2"]).train.epochs == 2
+
+
+def test_keys_of_the_mode_in_use_are_applied():
+    cfg = load_config(None, ["data.task=file", "data.train_path=mine.jsonl", "data.split=test"])
+    assert (cfg.data.train_path, cfg.data.split) == ("mine.jsonl", "test")
+    cfg = load_config(None, ["algorithm.beta_schedule=cosine", "algorithm.beta_start=0.1"])
+    assert cfg.algorithm.beta_start == 0.1
+    # the written-out default (every key, at its default) is not refused
+    assert load_config(None, ["data.train_path=null", "data.split=train"]) == GRPOConfig()
+
+
+def test_gsm8k_and_file_tasks_need_a_train_path():
+    for task in ("file", "gsm8k"):
+        with pytest.raises(ConfigError, match=f"required when data.task is '{task}'"):
+            load_config(None, [f"data.task={task}"])
+
+
+def test_config_file_problems_name_the_file_and_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  name_or_path: x\n dtype: auto\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml line 3, column 2: not valid YAML"):
+        load_config(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a sentence\n")
+    with pytest.raises(ConfigError, match="must be a mapping of sections.*got a str"):
+        load_config(scalar)
+    (tmp_path / "empty.yaml").write_text("")
+    assert load_config(tmp_path / "empty.yaml") == GRPOConfig()
+    with pytest.raises(ConfigError, match="is a directory"):
+        load_config(tmp_path)
 
 
 def test_policy_loss_defaults_resolve_per_loss():

@@ -1,31 +1,51 @@
-"""The command line: ``grpo train`` and ``grpo eval``."""
+"""The command line: ``grpo train``, ``grpo eval``.
+
+A mistake prints ``error: <message>`` in at most three lines, naming the key, file, line,
+column or function, and exits 2 for bad input or 1 for a failure while running (see
+``grpo.errors``); Ctrl-C prints one line and exits 130. ``--debug`` (or ``GRPO_DEBUG=1``) adds
+the traceback and leaves the libraries' logging as it is. Library users get the exceptions.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import os
 import sys
-import textwrap
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from grpo.config import ConfigError, field_docs, load_config
-from grpo.launch import main as _cmd_launch
+from grpo.errors import ConfigError, GrpoError
+
+# `make demo` (`grpo train` with no arguments) on this project's 2-core machine: the README's
+# table. tests/test_cli.py checks that the README says the same.
+DEMO_DURATION = "about a minute on 2 CPU cores"
+DEBUG_ENV = "GRPO_DEBUG"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _train_help() -> str:
+    from grpo.config import field_docs
+
     rows = field_docs()
     width = max(len(k) for k, *_ in rows)
     lines = [
         "usage: grpo train [--config FILE.yaml] [key=value ...]",
         "",
         "Train a causal LM with GRPO. With no arguments: the shipped tiny model on the built-in",
-        "arithmetic task (a few minutes on a laptop CPU). Settings come from the defaults, then",
+        f"arithmetic task ({DEMO_DURATION}). Settings come from the defaults, then",
         "the YAML file, then key=value overrides (e.g. algorithm.group_size=16,",
         "rollout.stop=['</answer>'], rewards=[{name: accuracy, weight: 1.0}]).",
         "",
         "options:",
         "  --config FILE   YAML file with any of the keys below",
+        "  --debug         show the traceback of an error (also GRPO_DEBUG=1)",
         "  -h, --help      show this help and exit",
         "",
         "keys (type, default):",
@@ -42,6 +62,7 @@ def _train_help() -> str:
 
 
 def _cmd_train(argv: Sequence[str]) -> int:
+    """grpo train [--config FILE] [key=value ...]   train with GRPO (--help lists every key)"""
     if any(a in ("-h", "--help") for a in argv):
         print(_train_help())
         return 0
@@ -52,14 +73,20 @@ def _cmd_train(argv: Sequence[str]) -> int:
         if arg == "--config":
             config_path = next(it, None)
             if config_path is None:
-                raise ConfigError("--config needs a file path")
+                raise ConfigError("--config needs a file path", hint="grpo train --config x.yaml")
         elif arg.startswith("--config="):
             config_path = arg.split("=", 1)[1]
         elif arg.startswith("-"):
-            raise ConfigError(f"unknown option {arg}; settings are given as key=value")
+            raise ConfigError(
+                f"unknown option {arg}; settings are given as key=value",
+                hint="for example optim.lr=3e-6 (grpo train --help lists every key)",
+            )
         else:
             overrides.append(arg)
+    from grpo.config import load_config
+
     cfg = load_config(config_path, overrides)
+    _quiet_console()
 
     from grpo.train.loop import Stopped, train  # heavy imports only once the config is valid
 
@@ -93,6 +120,7 @@ def resume_command(config_path: str | None, overrides: Sequence[str], run_dir: o
 
 
 def _cmd_export(argv: Sequence[str]) -> int:
+    """grpo export CHECKPOINT OUT                   a Hugging Face model from a checkpoint"""
     p = argparse.ArgumentParser(
         prog="grpo export",
         description="Write a Hugging Face model (safetensors, config, tokenizer) from a "
@@ -113,13 +141,14 @@ def _cmd_export(argv: Sequence[str]) -> int:
     return 0
 
 
-def _cmd_eval(argv: Sequence[str]) -> int:
+def _eval_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="grpo eval",
         description="Greedy accuracy and pass@k of a model on prompts with an 'answer' column.",
     )
     p.add_argument(
-        "model", help="model directory or hub id (builtin:tiny-arith for the shipped one)"
+        "model",
+        help="model directory, run directory (its final/ model), hub id, or builtin:tiny-arith",
     )
     p.add_argument(
         "--data",
@@ -138,18 +167,39 @@ def _cmd_eval(argv: Sequence[str]) -> int:
         help="samples per prompt for pass@k (default: the largest k)",
     )
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for pass@k")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--prompt-column", default="prompt")
-    p.add_argument("--system-prompt", default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-new-tokens", type=int, default=64, help="completion length limit in tokens"
+    )
+    p.add_argument(
+        "--prompt-column", default="prompt", help="column holding the prompt (string or chat)"
+    )
+    p.add_argument(
+        "--system-prompt", default=None, help="system message prepended to chat-format prompts"
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed for sampling")
+    p.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (also GRPO_DEBUG=1)"
+    )
+    return p
+
+
+def _cmd_eval(argv: Sequence[str]) -> int:
+    """grpo eval MODEL [--data FILE] [--k 1 8]      greedy accuracy and pass@k"""
+    p = _eval_parser()
     args = p.parse_args(argv)
     if args.k and args.samples and args.samples < max(args.k):
         p.error(f"--samples {args.samples} is less than the largest k ({max(args.k)})")
     if any(k < 1 for k in args.k):
         p.error("--k values must be at least 1")
+    if args.num_prompts < 1:
+        p.error("--num-prompts must be at least 1")
+    if args.gsm8k and not args.data:
+        p.error("--gsm8k needs --data, the GSM8K .jsonl file")
+    _quiet_console()
 
     import torch
 
+    from grpo.data import load_gsm8k, load_prompt_rows
     from grpo.rollout.transformers_engine import TransformersEngine
     from grpo.train.evaluate import evaluate_accuracy
     from grpo.train.models import (
@@ -161,27 +211,37 @@ def _cmd_eval(argv: Sequence[str]) -> int:
     )
     from grpo.train.task_data import load_rows, tokenize_prompts
 
-    task = "gsm8k" if args.gsm8k else ("file" if args.data else "arithmetic")
-    _, rows = load_rows(
-        task=task,
-        train_path=args.data,
-        eval_path=args.data,
-        split="train",
+    path = resolve_model_path(_run_dir_model(args.model))
+    tokenizer = load_tokenizer(path)
+    if args.gsm8k:
+        rows = load_gsm8k(args.data)[: args.num_prompts]
+    elif args.data:
+        rows = load_prompt_rows(
+            args.data, prompt_column=args.prompt_column, required_columns=["answer"]
+        )[: args.num_prompts]
+    else:
+        _, rows = load_rows(
+            task="arithmetic",
+            train_path=None,
+            eval_path=None,
+            split="train",
+            prompt_column=args.prompt_column,
+            num_train_prompts=1,
+            num_eval_prompts=args.num_prompts,
+            seed=args.seed,
+            required_columns=["answer"],
+        )
+    ids = tokenize_prompts(
+        rows,
+        tokenizer,
         prompt_column=args.prompt_column,
-        num_train_prompts=1,
-        num_eval_prompts=args.num_prompts,
-        seed=args.seed,
-        required_columns=["answer"],
+        system_prompt=args.system_prompt,
+        source=args.data or "the arithmetic task",
     )
     torch.manual_seed(args.seed)
-    path = resolve_model_path(args.model)
-    tokenizer = load_tokenizer(path)
     device = pick_device()
     model = load_policy(path, device)
     engine = TransformersEngine(model, tokenizer, autocast_dtype=autocast_dtype("auto", device))
-    ids = tokenize_prompts(
-        rows, tokenizer, prompt_column=args.prompt_column, system_prompt=args.system_prompt
-    )
     greedy = evaluate_accuracy(
         engine, ids, rows, prompt_column=args.prompt_column, max_new_tokens=args.max_new_tokens
     )
@@ -206,33 +266,140 @@ def _cmd_eval(argv: Sequence[str]) -> int:
     return 0
 
 
+def _run_dir_model(name: str) -> str:
+    """A run directory (what ``grpo train`` writes) stands for the model it saved in final/."""
+    path = Path(name).expanduser()
+    if path.is_dir() and not (path / "config.json").exists():
+        final = path / "final"
+        if (final / "config.json").is_file():
+            return str(final)
+        if (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file():
+            from grpo.errors import ModelError
+
+            raise ModelError(
+                f"{name} is a run directory without a saved model (no final/config.json)",
+                hint="the run ended before saving, or had train.save_final=false",
+            )
+    return name
+
+
+def _quiet_console() -> None:
+    from grpo.train.console import quiet_libraries
+
+    quiet_libraries(debug_enabled())
+
+
+# name -> command; each command's docstring is its line in the usage.
+def _cmd_launch(argv: Sequence[str]) -> int:
+    """grpo launch {local,ray,slurm} [key=value ...] the same training on every rank"""
+    from grpo.launch import main as launch
+
+    return launch(argv)
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "export": _cmd_export,
+    "launch": _cmd_launch,
+}
+
+
+def _usage() -> str:
+    lines = [f"usage: grpo {{{','.join(COMMANDS)}}} ...", ""]
+    lines += [f"  {(cmd.__doc__ or name).strip()}" for name, cmd in COMMANDS.items()]
+    lines += [
+        "",
+        "  grpo --version        the installed version",
+        "  --debug (or GRPO_DEBUG=1) shows the traceback of an error",
+    ]
+    return "\n".join(lines)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("grpo")
+    except PackageNotFoundError:  # run from a source tree that is not installed
+        from grpo import __version__
+
+        return __version__
+
+
+def _error(lines: list[str], code: int) -> int:
+    from grpo.train.run_log import close_open_bars
+
+    close_open_bars()
+    sys.stdout.flush()
+    print(f"error: {lines[0]}", *lines[1:], sep="\n", file=sys.stderr)
+    return code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {
-        "train": _cmd_train,
-        "eval": _cmd_eval,
-        "export": _cmd_export,
-        "launch": _cmd_launch,
-    }
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in commands:
-        print(
-            textwrap.dedent("""\
-            usage: grpo {train,eval} ...
-
-              grpo train [--config FILE] [key=value ...]   train with GRPO (--help lists every key)
-              grpo eval MODEL [--data FILE] [--k 1 8]      greedy accuracy and pass@k
-              grpo launch {local,ray,slurm} [--config FILE] [key=value ...]   on every rank
-            """)
+    if "--debug" in argv:
+        os.environ[DEBUG_ENV] = "1"
+        if argv[0] != "eval":  # eval's parser takes (and documents) it too
+            argv.remove("--debug")
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    if argv[0] in ("--version", "-V"):
+        print(f"grpo {_version()}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        close = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        return _error(
+            [
+                f"unknown command {name!r}{guess}; the commands are {', '.join(COMMANDS)}",
+                "  grpo --help shows the usage",
+            ],
+            2,
         )
-        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    debug = debug_enabled()
+    from grpo.train.console import prepare_environment
+
+    prepare_environment(debug)
     try:
-        return commands[argv[0]](argv[1:])
-    except ConfigError as e:
-        print(f"grpo: config error: {e}", file=sys.stderr)
-        return 2
-    except FileExistsError as e:
-        print(f"grpo: {e}", file=sys.stderr)
-        return 2
+        return COMMANDS[name](argv[1:])
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        return _error(["interrupted (Ctrl-C)"], EXIT_INTERRUPTED)
+    except GrpoError as e:
+        if debug:
+            traceback.print_exc()
+        return _error(e.brief(), e.exit_code)
+    except Exception as e:
+        if debug:
+            traceback.print_exc()
+        return _error(_unexpected(e, debug), 1)
+
+
+def _unexpected(e: Exception, debug: bool) -> list[str]:
+    """An error that is not one of ours: its type and first line, and how to see more."""
+    import contextlib
+
+    text = str(e).strip().splitlines()
+    first = f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    more = "the traceback is above" if debug else "rerun with --debug for the traceback"
+    with contextlib.suppress(ImportError):
+        import torch
+
+        if isinstance(e, torch.OutOfMemoryError):
+            return [
+                f"out of memory: {first}",
+                "  lower train.micro_batch_size (or set train.micro_batch_tokens), "
+                "train.batch_size or rollout.max_new_tokens",
+            ]
+    if isinstance(e, MemoryError):
+        return [f"out of memory: {first}", "  lower train.batch_size or train.micro_batch_size"]
+    if isinstance(e, OSError):
+        return [first, f"  ({more})"]
+    return [first, f"  an unexpected error, maybe a bug in grpo: {more}, and report it"]
 
 
 if __name__ == "__main__":

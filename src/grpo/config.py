@@ -16,11 +16,9 @@ from typing import Any
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from grpo.errors import ConfigError
+
 BUILTIN_MODEL = "builtin:tiny-arith"
-
-
-class ConfigError(ValueError):
-    """A configuration problem the user can fix; the message names the key."""
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -193,7 +191,10 @@ class TrainConfig:
 
 @dataclass
 class LogConfig:
-    progress_bar: bool = _f(True, "show a progress bar with the key numbers")
+    progress_bar: bool = _f(
+        True, "a progress bar on a terminal; otherwise (or when false) a line every log_every steps"
+    )
+    log_every: int = _f(10, "steps between one-line summaries when no progress bar is shown")
     samples_per_step: int = _f(4, "completions written to samples.jsonl each step")
     plot: bool = _f(True, "write curves.png at the end of the run")
     trackers: list[str] = _f(
@@ -291,14 +292,8 @@ def load_config(
     cfg = OmegaConf.structured(GRPOConfig)
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
         try:
-            loaded = OmegaConf.load(path)
-        except Exception as e:  # yaml errors carry the line
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
-        try:
-            cfg = OmegaConf.merge(cfg, loaded)
+            cfg = OmegaConf.merge(cfg, _read_yaml(path))
         except OmegaConfBaseException as e:
             raise ConfigError(f"{path}: {_describe(e)}") from e
     for item in overrides:
@@ -320,6 +315,47 @@ def load_config(
     # the resolved values go into config.yaml, so a run records the clip range it used
     a.eps_low, a.eps_high, a.loss_aggregation = loss_settings(a)
     return obj
+
+
+def _read_yaml(path: Path) -> Any:
+    """The file's settings as OmegaConf reads them, after checking that it exists, parses and
+    holds a mapping of sections; errors name the file, and the line and column for YAML."""
+    import yaml
+
+    if not path.exists():
+        resolved = str(path.resolve())
+        where = "" if resolved == str(path) else f" (looked in {resolved})"
+        raise ConfigError(f"config file {path} does not exist{where}")
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a directory, not a YAML file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path}: not UTF-8 text ({e.reason} at byte {e.start})"
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot be read ({e.strerror or e})") from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        context = getattr(e, "context", None)
+        raise ConfigError(
+            f"config file {path}{where}: not valid YAML: {problem}"
+            + (f" ({context})" if context else "")
+        ) from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"config file {path}: the top level must be a mapping of sections (model:, data:, "
+            f"train:, ...), got a {type(raw).__name__}"
+        )
+    # OmegaConf's own loader for the values (it reads 1e-6 as a float, where YAML 1.1 does not)
+    return OmegaConf.load(path)
 
 
 def _describe(e: OmegaConfBaseException) -> str:
@@ -351,6 +387,7 @@ def validate(cfg: GRPOConfig) -> None:
         "data.num_eval_prompts": cfg.data.num_eval_prompts,
         "launch.nnodes": cfg.launch.nnodes,
         "launch.nproc_per_node": cfg.launch.nproc_per_node,
+        "log.log_every": cfg.log.log_every,
     }
     for key, value in positive.items():
         if value < 1:
@@ -463,8 +500,59 @@ def validate(cfg: GRPOConfig) -> None:
             "directory"
         )
     _validate_launch(cfg.launch)
-    if cfg.data.task == "file" and not cfg.data.train_path:
-        raise ConfigError("key 'data.train_path': required when data.task is 'file'")
+    if cfg.data.task in ("file", "gsm8k") and not cfg.data.train_path:
+        raise ConfigError(
+            f"key 'data.train_path': required when data.task is '{cfg.data.task}'",
+            hint="give the path of the prompts, e.g. data.train_path=prompts.jsonl",
+        )
+    if t.epochs > 0 and t.steps != TrainConfig().steps:
+        raise ConfigError(
+            "key 'train.steps': not read when train.epochs > 0 (the epochs set the steps), so it "
+            "would be ignored",
+            hint="remove train.steps, or set train.epochs=0",
+        )
+    _check_keys_of_other_modes(cfg)
+
+
+# Keys read only in one mode of another key: (key, the mode key, the values it is read with).
+# Setting one of them in another mode would be silently ignored, so it is an error instead
+# (a value equal to the default is taken as not set: a written-out default config is fine).
+_MODE_ONLY_KEYS: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
+    ("data.train_path", "data.task", ("file", "gsm8k")),
+    ("data.eval_path", "data.task", ("file", "gsm8k")),
+    ("data.split", "data.task", ("file",)),
+    ("data.prompt_column", "data.task", ("file",)),
+    ("data.system_prompt", "data.task", ("file", "gsm8k")),
+    ("data.num_train_prompts", "data.task", ("arithmetic",)),
+    ("algorithm.step_reward", "algorithm.advantage", ("process",)),
+    ("algorithm.step_reward_kwargs", "algorithm.advantage", ("process",)),
+    ("algorithm.scale_rewards", "algorithm.advantage", ("grpo",)),
+    ("algorithm.beta", "algorithm.beta_schedule", ("constant",)),
+    ("algorithm.beta_start", "algorithm.beta_schedule", ("cosine",)),
+    ("algorithm.beta_end", "algorithm.beta_schedule", ("cosine",)),
+    ("rollout.vllm_memory_fraction", "rollout.engine", ("auto", "vllm")),
+    ("rollout.vllm_enforce_eager", "rollout.engine", ("auto", "vllm")),
+    ("rollout.max_model_len", "rollout.engine", ("auto", "vllm")),
+)
+
+
+def _get(cfg: Any, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
+
+
+def _check_keys_of_other_modes(cfg: GRPOConfig) -> None:
+    defaults = GRPOConfig()
+    for key, mode_key, modes in _MODE_ONLY_KEYS:
+        value, mode = _get(cfg, key), _get(cfg, mode_key)
+        if mode in modes or value == _get(defaults, key):
+            continue
+        wanted = " or ".join(repr(m) for m in modes)
+        raise ConfigError(
+            f"key '{key}': only read when {mode_key} is {wanted}, but {mode_key} is {mode!r}, "
+            "so it would be ignored",
+            hint=f"remove {key}, or set {mode_key}={modes[0]}",
+        )
 
 
 def _validate_launch(lc: LaunchConfig) -> None:

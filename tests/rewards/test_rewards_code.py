@@ -18,7 +18,7 @@ from grpo.rewards import (
     run_in_sandbox,
     score_completions,
 )
-from grpo.rewards.sandbox import SandboxError, missing_isolation
+from grpo.rewards.sandbox.launcher import SandboxError, missing_isolation
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox targets Linux")
 
@@ -176,7 +176,7 @@ def test_isolation_report() -> None:
 
 
 def test_require_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
-    import grpo.rewards.code_reward as module
+    import grpo.rewards.sandbox.code_reward as module
 
     monkeypatch.setattr(module, "missing_isolation", lambda isolation: ["network"])
     with pytest.raises(SandboxError, match="require_isolation is set"):
@@ -187,7 +187,7 @@ def test_require_isolation(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_broken_harness_is_a_sandbox_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import grpo.rewards.sandbox as module
+    import grpo.rewards.sandbox.launcher as module
 
     broken = tmp_path / "harness.py"
     broken.write_text("raise SystemExit('no report')\n")

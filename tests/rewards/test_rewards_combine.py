@@ -5,8 +5,8 @@ from typing import Any
 import pytest
 import torch
 
+from grpo.rewards import RewardFunction, score_completions
 from grpo.rewards.builtin import accuracy, format_reward, reasoning_length
-from grpo.rewards.combine import RewardFunction, score_completions
 from grpo.rewards.errors import RewardError, RewardSpecError
 
 
@@ -184,9 +184,9 @@ def test_exception_names_function_batch_and_prompt() -> None:
         )
     message = str(err.value)
     assert "reward function 'broken' raised KeyError: 'missing_key'" in message
-    assert "a batch of 2 completions (first dataset row 64)" in message
+    assert "on completion 0 of the batch (dataset row 64)" in message
     # The preview shows the user's question (the last message), truncated to 200 characters.
-    assert "first prompt: 'What is very very" in message
+    assert "prompt: 'What is very very" in message
     assert "...'" in message and "be brief" not in message
     assert isinstance(err.value.__cause__, KeyError)
     assert err.value.function == "broken"

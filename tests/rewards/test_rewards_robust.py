@@ -34,8 +34,7 @@ def test_raise_names_function_row_prompt_and_keeps_traceback() -> None:
         score_completions([rf], PROMPTS, COMPLETIONS, row_ids=[10, 10, 11, 11])
     message = str(err.value)
     assert "reward function 'fragile' raised ValueError: cannot score 'boom'" in message
-    assert "on completion 2 of the batch (dataset row 11); prompt: 'p2'" in message
-    assert "while scoring a batch of 4 completions (first dataset row 10)" in message
+    assert "on completion 2 of the batch (dataset row 11); prompt: 'p2', in a batch of 4" in message
     assert "on_error: skip" in message  # says how to keep going
     assert (err.value.function, err.value.row, err.value.dataset_row) == ("fragile", 2, 11)
     # The traceback of the user's function is chained below the error.
@@ -48,7 +47,7 @@ def test_raise_names_function_row_prompt_and_keeps_traceback() -> None:
 def test_skip_gives_none_counts_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     fragile = RewardFunction("fragile", fails_on_boom, on_error="skip")
     steady = RewardFunction("steady", lambda prompts, completions, **kw: [0.5] * len(completions))
-    with caplog.at_level(logging.WARNING, logger="grpo.rewards"):
+    with caplog.at_level(logging.DEBUG, logger="grpo.rewards"):
         scores = score_completions([fragile, steady], PROMPTS, COMPLETIONS, row_ids=[0, 0, 1, 1])
     per = scores.per_function["fragile"].tolist()
     assert per[:2] == [1.0, 1.0] and math.isnan(per[2]) and per[3] == 1.0
@@ -58,9 +57,16 @@ def test_skip_gives_none_counts_and_warns(caplog: pytest.LogCaptureFixture) -> N
     assert metrics["rewards/fragile/errors"] == 1.0
     assert metrics["rewards/fragile/none_frac"] == 0.25
     assert metrics["rewards/steady/errors"] == 0.0
-    [record] = [r for r in caplog.records if "fragile" in r.getMessage()]
+    [record] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "'fragile' raised ValueError: cannot score 'boom'" in record.getMessage()
+    # the line of the user's function that raised, and no traceback on the console
+    raise_line = fails_on_boom.__code__.co_firstlineno + 4  # the `raise` in fails_on_boom
+    assert f"(test_rewards_robust.py line {raise_line}, in fails_on_boom)" in record.getMessage()
     assert "completion 2 of the batch (dataset row 1)" in record.getMessage()
-    assert record.exc_info is not None and record.exc_info[0] is ValueError
+    assert record.exc_info is None
+    # the traceback is there for whoever turns on DEBUG
+    [debug] = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert debug.exc_info is not None and debug.exc_info[0] is ValueError
 
 
 def test_skip_alone_leaves_the_completion_out_of_its_group() -> None:

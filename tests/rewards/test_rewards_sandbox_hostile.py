@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from grpo.rewards import RewardFunction, SandboxLimits, run_in_sandbox, score_completions
-from grpo.rewards.code_reward import CodeExecution
-from grpo.rewards.sandbox import SandboxResult, missing_isolation
+from grpo.rewards.sandbox.code_reward import CodeExecution
+from grpo.rewards.sandbox.launcher import SandboxResult, missing_isolation
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox targets Linux")
 
@@ -364,7 +364,7 @@ def test_unprivileged_trainer_gets_a_user_namespace(shared_tmp: Path) -> None:
         pytest.skip("no Python that an unprivileged user can run")
     tmp_path = shared_tmp
     harness = tmp_path / "harness.py"
-    shutil.copy(Path(__file__).parents[2] / "src/grpo/rewards/_sandbox_harness.py", harness)
+    shutil.copy(Path(__file__).parents[2] / "src/grpo/rewards/sandbox/_harness.py", harness)
     workdir = tmp_path / "work"
     workdir.mkdir()
     for path in (tmp_path, workdir):

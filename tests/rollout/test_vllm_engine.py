@@ -9,6 +9,7 @@ float32 kernel noise (measured ~2e-4; the tolerance is 2e-3).
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from pathlib import Path
 
@@ -26,6 +27,7 @@ else:
 from tiny_models import tiny_llama_config  # noqa: E402
 
 from grpo.data.char_tokenizer import build_char_tokenizer  # noqa: E402
+from grpo.errors import ResourceError  # noqa: E402
 from grpo.rollout.base import SamplingSettings  # noqa: E402
 from grpo.rollout.factory import make_engine  # noqa: E402
 from grpo.rollout.transformers_engine import TransformersEngine  # noqa: E402
@@ -282,6 +284,50 @@ def test_sync_weights_and_prefix_cache_reset(setup, prompt_ids) -> None:
     assert [g[0].token_ids for g in restored] == [g[0].token_ids for g in before]
 
 
+def _unsaved_buffers(worker) -> dict[str, torch.Tensor]:
+    """In the (in-process) vLLM worker: a copy of every non-persistent buffer, by name."""
+    out = {}
+    for mod_name, module in worker.get_model().named_modules():
+        for name in module._non_persistent_buffers_set:
+            buffer = module._buffers.get(name)
+            if buffer is not None:
+                out[f"{mod_name}.{name}"] = buffer.detach().clone()
+    return out
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_sync_keeps_the_rotary_cache_and_warns_nothing(setup) -> None:
+    """vLLM 0.32 warned 'RotaryEmbedding: Failed to load weights' on every sync: it expected
+    checkpoint values for the non-persistent cos/sin cache, which no state dict holds. The
+    cache was kept (vLLM puts the layer's own tensors back); with the buffers marked as taking
+    none, the warning is gone and the cache is still the one computed at start-up."""
+    engine, model, _ = setup
+    (before,) = engine.llm.collective_rpc(_unsaved_buffers)
+    assert any("rotary_emb" in name for name in before)  # the buffer this is about
+    records = _Records()
+    reload_log = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+    reload_log.addHandler(records)
+    try:
+        engine.sync_weights(model)
+        engine.sync_weights(model)
+    finally:
+        reload_log.removeHandler(records)
+    assert not [m for m in records.messages if "Failed to load weights" in m]
+    (after,) = engine.llm.collective_rpc(_unsaved_buffers)
+    assert after.keys() == before.keys()
+    for name, buffer in before.items():
+        assert not after[name].is_meta, name
+        torch.testing.assert_close(after[name], buffer, rtol=0, atol=0, msg=name)
+
+
 def test_sync_rejects_unknown_or_missing_weights(setup) -> None:
     engine, model, _ = setup
 
@@ -314,7 +360,7 @@ def test_prompt_longer_than_max_model_len(setup) -> None:
 
 def test_memory_error_names_the_setting(model_dir) -> None:
     tokenizer = load_tokenizer(str(model_dir))
-    with pytest.raises(RuntimeError, match=r"rollout\.vllm_memory_fraction") as info:
+    with pytest.raises(ResourceError, match=r"rollout\.vllm_memory_fraction") as info:
         VLLMEngine(
             str(model_dir), tokenizer, kv_cache_bytes=4096, max_model_len=256, enforce_eager=True
         )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from grpo.config import load_config
-from grpo.rewards.code_reward import CodeExecution
 from grpo.rewards.math_reward import MathEquivalence
-from grpo.train.setup import build_reward_functions
+from grpo.rewards.sandbox.code_reward import CodeExecution
+from grpo.train.preflight import build_reward_functions
 
 
 def test_rewards_from_config_carry_kwargs_timeout_and_on_error(tmp_path):

@@ -5,12 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from grpo.data.prompts import prompt_problem
+from grpo.errors import ChatTemplateError
 
 __all__ = ["ChatTemplateError", "render_prompt"]
-
-
-class ChatTemplateError(ValueError):
-    """A chat prompt cannot be rendered with the tokenizer's chat template."""
 
 
 def render_prompt(
@@ -42,15 +39,17 @@ def render_prompt(
         name = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
         raise ChatTemplateError(
             f"render_prompt: the prompt is a list of chat messages but tokenizer {name!r} has no "
-            "chat template. Use a chat (instruct) model's tokenizer, set tokenizer.chat_template "
-            "to a Jinja template, or give prompts as plain strings"
+            "chat template",
+            hint="use a chat (instruct) model's tokenizer, set tokenizer.chat_template to a Jinja "
+            "template, or give prompts as plain strings",
         )
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as exc:
         raise ChatTemplateError(
             f"render_prompt: the chat template failed on a prompt with roles "
-            f"{[m['role'] for m in messages]}: {type(exc).__name__}: {exc}"
+            f"{[m['role'] for m in messages]}: {type(exc).__name__}: "
+            f"{(str(exc).strip().splitlines() or [''])[0]}"
         ) from exc
     if not isinstance(text, str):
         raise ChatTemplateError(

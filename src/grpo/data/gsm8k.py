@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.data.errors import DatasetError
-from grpo.data.prompts import read_jsonl
+from grpo.data.prompts import looked_in, read_jsonl
 from grpo.rewards.extract import parse_number
 
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "load_gsm8k", "parse_gsm8k_row"]
@@ -47,7 +47,7 @@ def load_gsm8k(
     name = str(path)
     file = Path(path).expanduser()
     if not file.is_file():
-        raise DatasetError(f"{name}: file not found (looked in {file.resolve()})")
+        raise DatasetError(f"{name}: file not found{looked_in(name, file)}")
     located, problems = read_jsonl(file, display=name)
     rows: list[dict[str, Any]] = []
     for where, record in located:

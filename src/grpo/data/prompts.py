@@ -33,7 +33,8 @@ def load_prompt_rows(
     prompt_column: the column holding the prompt: a non-empty string, or a non-empty list of
         chat messages `{"role": str, "content": str}`.
     required_columns: columns every row must have with a non-null value (for example the
-        columns the reward functions need, such as "answer").
+        columns the reward functions need, such as "answer"), of the same kind in every row
+        (all strings, all numbers, all lists, ...: a mix is a data error).
 
     Rows keep all their columns. Raises `DatasetError` naming the source, the row (1-based line
     number for JSONL, 0-based row index otherwise) and the column; all rows are checked, and the
@@ -47,6 +48,7 @@ def load_prompt_rows(
     if not located and not problems:
         raise DatasetError(f"{name}: the dataset has no rows")
 
+    first_kind: dict[str, tuple[str, str]] = {}  # column -> (kind, where it was first seen)
     for where, row in located:
         present = ", ".join(map(str, row)) or "none"
         if prompt_column not in row:
@@ -66,6 +68,14 @@ def load_prompt_rows(
                 )
             elif row[column] is None:
                 problems.append(f"{name} {where}: column {column!r} is null")
+            else:
+                kind = _kind(row[column])
+                seen = first_kind.setdefault(column, (kind, where))
+                if seen[0] != kind:
+                    problems.append(
+                        f"{name} {where}: column {column!r} is {kind}, but in {seen[1]} it is "
+                        f"{seen[0]}; a column holds one kind of value"
+                    )
 
     if problems:
         shown = "\n".join(problems[:_MAX_PROBLEMS_SHOWN])
@@ -74,6 +84,21 @@ def load_prompt_rows(
             shown += f"\n... and {more} more problem{'s' if more > 1 else ''} in {name}"
         raise DatasetError(shown, problems=problems)
     return [row for _, row in located]
+
+
+def _kind(value: Any) -> str:
+    """A column value's kind, as a phrase: ints and floats are both numbers."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    return f"a {type(value).__name__}"
 
 
 def prompt_problem(prompt: Any) -> str | None:
@@ -112,8 +137,13 @@ def _read(source: str | Path, split: str) -> tuple[list[tuple[str, dict[str, Any
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".parquet"):
+        if path.is_dir():
+            raise DatasetError(
+                f"{source}: is a directory, not a {suffix} file",
+                hint="a folder written by datasets' save_to_disk must not be named like a file",
+            )
         if not path.is_file():
-            raise DatasetError(f"{source}: file not found (looked in {path.resolve()})")
+            raise DatasetError(f"{source}: file not found{looked_in(source, path)}")
         if suffix == ".jsonl":
             return read_jsonl(path, display=str(source))
         rows = _read_parquet(path, str(source))
@@ -163,6 +193,12 @@ def read_jsonl(
                 continue
             located.append((f"line {number}", row))
     return located, problems
+
+
+def looked_in(given: str | Path, path: Path) -> str:
+    """Where a relative path was looked for; nothing when it was absolute already."""
+    resolved = str(path.resolve())
+    return "" if resolved == str(given) else f" (looked in {resolved})"
 
 
 def _read_parquet(path: Path, name: str) -> list[dict[str, Any]]:

@@ -15,12 +15,12 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from grpo.rewards.code_reward import CodeExecution
 from grpo.rewards.extract import completion_text, extract_number, parse_number
 from grpo.rewards.group_rewards import self_consistency
 from grpo.rewards.math_reward import MathEquivalence
 from grpo.rewards.overlong import soft_overlong_punishment
 from grpo.rewards.reward_model import RewardModel
+from grpo.rewards.sandbox.code_reward import CodeExecution
 
 __all__ = ["BUILTIN_REWARDS", "accuracy", "format_reward", "reasoning_length"]
 
@@ -49,7 +49,7 @@ def accuracy(
         )
     scores: list[float | None] = []
     for completion, gold in zip(completions, answer, strict=True):
-        gold_value = _gold_number(gold)
+        gold_value = gold_number(gold)
         if gold_value is None:
             scores.append(None)
             continue
@@ -66,7 +66,8 @@ def _same(predicted: float, gold: float) -> bool:
     return math.isclose(predicted, gold, rel_tol=_REL_TOL, abs_tol=_ABS_TOL)
 
 
-def _gold_number(gold: Any) -> float | None:
+def gold_number(gold: Any) -> float | None:
+    """The gold answer as a float, or None when it cannot be read as a number."""
     # bool is an int subclass; True as a gold answer is a data error, not the number 1.
     if isinstance(gold, bool) or gold is None:
         return None

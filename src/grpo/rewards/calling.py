@@ -1,6 +1,6 @@
 """Call reward functions with a time limit, plain or `async def`, and report what happened.
 
-Mechanics only; what to do with a timeout or an exception is decided in `combine._run_one`.
+Mechanics only; what to do with a timeout or an exception is decided in `blame.resolve_outcome`.
 
 - A plain function without a time limit runs in the calling thread, exactly as before.
 - A plain function with a time limit runs in a daemon thread that the caller waits for. Python

@@ -73,7 +73,7 @@ def resolve_reward(spec: str) -> Callable[..., Any]:
     for part in attribute.split("."):
         walked.append(part)
         if not hasattr(target, part):
-            where = module.__name__ if len(walked) == 1 else ".".join(walked[:-1])
+            where = location if len(walked) == 1 else ".".join(walked[:-1])
             raise RewardSpecError(
                 f"reward spec {spec!r}: {where!r} has no attribute {part!r}. "
                 f"Callables defined there: {_callables_in(target) or 'none'}"

@@ -14,9 +14,10 @@ import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from grpo.rewards.batch import Batch, call_arguments, make_call
 from grpo.rewards.calling import call_all
-from grpo.rewards.combine import RewardFunction, _arguments, _Batch, _call
 from grpo.rewards.errors import RewardError
+from grpo.rewards.spec import RewardFunction
 
 Steps = list[list[tuple[float | None, int]]]
 
@@ -31,8 +32,8 @@ def score_steps(
 ) -> Steps:
     """``rf``'s steps for each of the B completions, checked: one list per completion of
     ``(reward or None, char_end)`` with integer, non-decreasing ``char_end`` within the text."""
-    batch = _Batch(list(prompts), list(completions), dict(columns), row_ids)
-    (outcome,) = call_all([_call(rf, _arguments(rf, batch))])
+    batch = Batch(list(prompts), list(completions), dict(columns), row_ids)
+    (outcome,) = call_all([make_call(rf, call_arguments(rf, batch))])
     if outcome.timed_out:
         raise RewardError(
             f"step reward function {rf.name!r} did not return within timeout_s={rf.timeout_s:g} s "
@@ -48,7 +49,7 @@ def score_steps(
     return _check_steps(rf, outcome.value, batch)
 
 
-def _check_steps(rf: RewardFunction, output: Any, batch: _Batch) -> Steps:
+def _check_steps(rf: RewardFunction, output: Any, batch: Batch) -> Steps:
     n = len(batch.completions)
     if not isinstance(output, Sequence) or isinstance(output, str) or len(output) != n:
         got = f"{len(output)} entries" if isinstance(output, Sequence) else type(output).__name__

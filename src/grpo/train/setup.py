@@ -1,5 +1,6 @@
-"""Build everything a run needs, once: rewards and data first (cheap, and where user mistakes
-are), then the run directory, the models, the engine and the optimizer."""
+"""Build everything a run needs, once: first ``preflight`` (rewards, data, tokenizer, model path,
+output directory: cheap, and where user mistakes are), then the run directory, the models, the
+engine and the optimizer."""
 
 from __future__ import annotations
 
@@ -22,16 +23,10 @@ from grpo.train import run_dir as run_dir_lib
 from grpo.train.checkpoint import CheckpointManager, read_manifest
 from grpo.train.distributed import SINGLE, World, broadcast_object
 from grpo.train.logprob_pass import PolicyLogprobs
-from grpo.train.models import (
-    autocast_dtype,
-    frozen_reference,
-    load_policy,
-    load_tokenizer,
-    resolve_model_path,
-)
+from grpo.train.models import autocast_dtype, frozen_reference, load_policy
+from grpo.train.preflight import preflight
 from grpo.train.run_log import RunLog
 from grpo.train.sharding import full_weights, is_sharded, shard
-from grpo.train.task_data import load_rows, tokenize_prompts
 from grpo.train.timing import PhaseTimer
 from grpo.train.trackers import Trackers, check_trackers_available, make_trackers
 
@@ -101,34 +96,6 @@ class Run:
                 close()
 
 
-def build_reward_functions(cfg: GRPOConfig) -> list[RewardFunction]:
-    fns = [
-        RewardFunction.from_spec(
-            r.name,
-            weight=r.weight,
-            kwargs=dict(r.kwargs),
-            timeout_s=r.timeout_s,
-            on_error=r.on_error,
-        )
-        for r in cfg.rewards
-    ]
-    names = [f.name for f in fns]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"rewards: the functions {dup} appear twice; list each once")
-    return fns
-
-
-def build_step_reward(cfg: GRPOConfig) -> RewardFunction | None:
-    """advantage = process: the step reward, called like any reward (timeout, errors named)."""
-    a = cfg.algorithm
-    if not a.step_reward:
-        return None
-    return RewardFunction.from_spec(
-        a.step_reward, weight=1.0, kwargs=dict(a.step_reward_kwargs), on_error="raise"
-    )
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -141,46 +108,27 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         torch.set_num_threads(cfg.train.threads)
 
     check_trackers_available(list(cfg.log.trackers))  # a missing extra fails before any model
-    reward_fns = build_reward_functions(cfg)
-    step_reward = build_step_reward(cfg)
-    required = sorted(set().union(*(f.required_columns() for f in reward_fns)))
-    d = cfg.data
-    train_rows, eval_rows = load_rows(
-        task=d.task,
-        train_path=d.train_path,
-        eval_path=d.eval_path,
-        split=d.split,
-        prompt_column=d.prompt_column,
-        num_train_prompts=d.num_train_prompts,
-        num_eval_prompts=d.num_eval_prompts,
-        seed=cfg.train.seed,
-        required_columns=required,
-    )
-    missing = [c for c in required if c not in train_rows[0]]
-    if missing:
-        raise ValueError(f"rewards need columns {missing} that the training rows do not have")
+    # rewards, data, tokenizer, model path and output directory, checked before anything heavy
+    pre = preflight(cfg)
+    tokenizer, path = pre.tokenizer, pre.model_path
+    train_prompt_ids, eval_prompt_ids = pre.train_prompt_ids, pre.eval_prompt_ids
     world.shares(
         cfg.train.batch_size // cfg.algorithm.group_size,
         "train.batch_size / algorithm.group_size (prompts per step; each rank samples whole "
         "groups)",
     )
 
-    # rank 0 names the directory ({timestamp} could differ between ranks) and alone writes
     prompts_per_step = cfg.train.batch_size // cfg.algorithm.group_size
     total_steps = cfg.train.steps
     if cfg.train.epochs > 0:
-        total_steps = max(1, math.ceil(cfg.train.epochs * len(train_rows) / prompts_per_step))
+        total_steps = max(1, math.ceil(cfg.train.epochs * len(pre.train_rows) / prompts_per_step))
 
     # rank 0 names the directory ({timestamp} could differ between ranks), locks it, decides
     # what to resume, and alone writes there
     lock = None
     decision = None
     if world.is_main:
-        run_dir = run_dir_lib.resolve(cfg.train.output_dir)
-        if run_dir.exists() and not run_dir.is_dir():
-            raise run_dir_lib.RunDirError(
-                f"train.output_dir: {run_dir} exists and is a file, not a directory"
-            )
+        run_dir = pre.output_dir  # {timestamp} filled in, checked writable by preflight
         lock = run_dir_lib.RunLock(run_dir)
         lock.acquire()
         try:
@@ -196,8 +144,6 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     run_dir = decision.run_dir
 
     device = world.device()
-    path = resolve_model_path(cfg.model.name_or_path)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable()
@@ -212,9 +158,6 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         engine_model = copy.deepcopy(model)
         engine_model.requires_grad_(False)
 
-    tok = dict(prompt_column=d.prompt_column, system_prompt=d.system_prompt)
-    train_prompt_ids = tokenize_prompts(train_rows, tokenizer, **tok)
-    eval_prompt_ids = tokenize_prompts(eval_rows, tokenizer, **tok)
     r = cfg.rollout
     longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
     completion_room = max(r.max_new_tokens, cfg.train.eval_max_new_tokens or 0)
@@ -251,10 +194,10 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         reference=reference,
         tokenizer=tokenizer,
         engine=engine,
-        reward_fns=reward_fns,
-        train_rows=train_rows,
+        reward_fns=pre.reward_fns,
+        train_rows=pre.train_rows,
         train_prompt_ids=train_prompt_ids,
-        eval_rows=eval_rows,
+        eval_rows=pre.eval_rows,
         eval_prompt_ids=eval_prompt_ids,
         optimizer=optimizer,
         scheduler=scheduler,
@@ -263,10 +206,11 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
             run_dir,
             total_steps,
             progress_bar=cfg.log.progress_bar,
+            log_every=cfg.log.log_every,
             enabled=world.is_main,
             trackers=build_trackers(cfg, world, run_dir, resume_from=decision.resume_from),
         ),
-        step_reward=step_reward,
+        step_reward=pre.step_reward,
         total_steps=total_steps,
         checkpoints=CheckpointManager(run_dir, world, cfg.train.keep_last),
         resume_from=decision.resume_from,

@@ -1,6 +1,7 @@
 """The `code` reward: run the completion's Python code against the example's tests.
 
-Reward = fraction of the example's tests that pass, run in the sandbox (`grpo.rewards.sandbox`).
+Reward = fraction of the example's tests that pass, run in the sandbox
+(`grpo.rewards.sandbox.launcher`).
 A completion without a code block scores 0.0; a row whose `tests` cannot be read scores None
 (the fault is in the data).
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from grpo.rewards.extract import completion_text
-from grpo.rewards.sandbox import (
+from grpo.rewards.sandbox.launcher import (
     ISOLATION_LAYERS,
     SandboxError,
     SandboxLimits,

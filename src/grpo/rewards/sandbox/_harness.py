@@ -1,8 +1,9 @@
 """The trusted side of the code sandbox: runs as its own process, never imported by the trainer.
 
-`grpo.rewards.sandbox` starts this file with the trainer's Python (`python -I this_file`) and
-writes one JSON job to its stdin; it prints one JSON report to stdout. Only the standard library
-is used, so it starts in a few tens of milliseconds and does not depend on the grpo package.
+`grpo.rewards.sandbox.launcher` starts this file with the trainer's Python (`python -I
+this_file`) and writes one JSON job to its stdin; it prints one JSON report to stdout. Only the
+standard library is used, so it starts in a few tens of milliseconds and does not depend on the
+grpo package.
 
 Processes, from the outside in (each layer only trusts the ones above it):
 

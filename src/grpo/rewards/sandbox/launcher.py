@@ -1,7 +1,7 @@
 """Run untrusted Python against tests in a separate, limited process.
 
-The trainer never executes model-written code itself. `run_in_sandbox` starts
-`_sandbox_harness.py` with the trainer's interpreter in a new session, hands it the program and
+The trainer never executes model-written code itself. `run_in_sandbox` starts `_harness.py`
+(beside this file) with the trainer's interpreter in a new session, hands it the program and
 the tests as JSON, and reads back one verdict per test. What the harness does, and which layer
 guards against what, is described in docs/rewards.md ("The code sandbox") and at the top of the
 harness file.
@@ -37,7 +37,7 @@ __all__ = [
     "run_in_sandbox",
 ]
 
-HARNESS = Path(__file__).with_name("_sandbox_harness.py")
+HARNESS = Path(__file__).with_name("_harness.py")
 
 # Seconds the harness may take beyond the program's own wall limit (start-up, namespace setup,
 # cleanup) before the trainer kills it. It never needs this much; the margin only bounds a bug.
