@@ -193,18 +193,27 @@ def test_a_two_rank_run_killed_mid_way_resumes_on_one_rank(tiny_model_dir, tmp_p
         "train",
         *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
-    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
+    out = tmp_path / "torchrun.log"
+    with out.open("wb") as sink:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not (
-        (run / "metrics.jsonl").is_file() and '"step": 5,' in (run / "metrics.jsonl").read_text()
-    ):
-        assert proc.poll() is None
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, at once
-    proc.wait()
+    try:
+        while not (
+            (run / "metrics.jsonl").is_file()
+            and '"step": 5,' in (run / "metrics.jsonl").read_text()
+        ):
+            assert proc.poll() is None, out.read_text()[-3000:]
+            if time.monotonic() > deadline:  # a hang: every process prints its stacks first
+                os.killpg(proc.pid, signal.SIGABRT)
+                time.sleep(3)
+                raise AssertionError("no step 5 in 300 s:\n" + out.read_text()[-6000:])
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, at once
+        proc.wait()
     manifest = json.loads(
         max((run / "checkpoints").glob("step-*")).joinpath("manifest.json").read_text()
     )
