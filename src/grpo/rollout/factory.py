@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from grpo.errors import ConfigError, ModelError
 from grpo.rollout.base import RolloutEngine
 from grpo.rollout.transformers_engine import TransformersEngine
 
@@ -38,7 +39,7 @@ def make_engine(
     ``max_model_len`` is prompt + completion tokens (vLLM only; None = the model's limit).
     """
     if kind not in ENGINE_KINDS:
-        raise ValueError(
+        raise ConfigError(
             f"rollout.engine: unknown engine {kind!r}; choose one of {', '.join(ENGINE_KINDS)}"
         )
     chosen_by_auto = kind == "auto"
@@ -68,7 +69,7 @@ def make_engine(
         if not chosen_by_auto:
             raise
         # Say why vLLM was tried at all; falling back silently would hide a slow run.
-        raise RuntimeError(
+        raise ModelError(
             f"rollout.engine=auto chose vLLM (it is installed), which could not serve "
             f"{model_path}: {e}. Set rollout.engine=transformers to generate with transformers."
         ) from e

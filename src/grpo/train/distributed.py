@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from grpo.errors import ConfigError
+
 # A collective that waits longer than this is a hang, not a slow step: the job ends with an
 # error instead of sitting idle on a cluster. Generation on a busy rank can take minutes, so
 # this is generous; a failing rank is detected much faster by the failure watchdog.
@@ -51,7 +53,7 @@ class World:
     def shares(self, total: int, what: str) -> int:
         """``total / world_size``, or a clear error when it does not divide evenly."""
         if total % self.world_size:
-            raise ValueError(
+            raise ConfigError(
                 f"{what}={total} must be divisible by the number of ranks ({self.world_size})"
             )
         return total // self.world_size
