@@ -236,7 +236,8 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
     rewards = sampled.scores.total
     with run.timer("reference"):
         if run.reference is not None:
-            batch.ref_logprobs = batch_logprobs(run, run.reference, batch)
+            with run.reference_pass():  # LoRA: the policy with its adapters off
+                batch.ref_logprobs = batch_logprobs(run, run.reference, batch)
         if a.kl_in_reward:
             assert batch.ref_logprobs is not None  # config validation: kl_in_reward needs beta
             sampling_logp = batch_logprobs(run, run.model, batch)
