@@ -22,12 +22,15 @@ the frozen base is re-read from there (and ``model/`` also holds the adapter's c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +145,8 @@ class CheckpointManager:
 
         model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=_options(run))
         model_sd = _trainable_only(run, model_sd)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+        with _single_process_quiet():
+            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
         torch.save(trainer_state["rng"], tmp / f"rank{world.rank}.pt")
         barrier(world)
         if world.is_main:
@@ -206,7 +210,8 @@ class CheckpointManager:
         options = _options(run)
         model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=options)
         state = {"model": _trainable_only(run, model_sd), "optim": optim_sd}
-        dcp.load(state, checkpoint_id=str(path))
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path))
         set_state_dict(
             run.model,
             run.optimizer,
@@ -242,3 +247,12 @@ def _trainable_only(run: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
         n for n, p in run.model.named_parameters(remove_duplicate=False) if p.requires_grad
     }
     return {k: v for k, v in model_sd.items() if k in trainable}
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every save and load of one process without a process group that it
+    "assumes the intent is to save in a single process", which is exactly the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*assuming the intent is to .* single process")
+        yield

@@ -181,43 +181,20 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     device = world.device()
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
     compute_dtype = autocast_dtype(cfg.model.dtype, device)
-    m = cfg.model
     # With several ranks the policy is sharded, so the transformers engine generates from an
     # unsharded inference copy that receives the full weights after every step
-    # (docs/scaling.md); vLLM engines always hold their own copy. The copy is taken before
-    # any adapter is added: engines get merged weights under the plain names.
+    # (docs/scaling.md); vLLM engines always hold their own copy.
     engine_model = model
     if world.distributed:
         engine_model = copy.deepcopy(model)
         engine_model.requires_grad_(False)
-    lora = None
-    if m.lora_rank > 0:
-        lora = lora_lib.add_lora(
-            model,
-            rank=m.lora_rank,
-            alpha=m.lora_alpha,
-            dropout=m.lora_dropout,
-            target_modules=list(m.lora_target_modules),
-            base_name=lora_lib.base_name_for_adapter(m.name_or_path),
-        )
-        if not world.distributed:
-            engine_model = model
-    if m.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        if lora is not None:
-            # the frozen embeddings give checkpointed blocks inputs without grad; the
-            # adapters inside them still need one
-            model.enable_input_require_grads()
-    reference = None
-    if uses_reference_model(cfg):
-        # LoRA: the reference is the policy with its adapters off (Run.reference_pass)
-        reference = model if lora is not None else frozen_reference(model, compute_dtype)
-    model.train()
 
     r = cfg.rollout
     longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
     completion_room = max(r.max_new_tokens, cfg.train.eval_max_new_tokens or 0)
-    # vLLM before the optimizer: on a GPU its memory share must be free when it starts
+    # vLLM before the optimizer: on a GPU its memory share must be free when it starts. The
+    # engine is built before any adapter is added: it loads (and first syncs) the plain
+    # architecture, and later gets merged weights under the plain names
     engine = make_engine(
         r.engine,
         model=engine_model,
@@ -234,6 +211,14 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         # (evaluation of more prompts runs in waves)
         vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
     )
+    # adapters go in place: a transformers engine sharing ``model`` samples from them
+    lora = add_adapters(cfg, model)
+    reference = None
+    if uses_reference_model(cfg):
+        # LoRA: the reference is the policy with its adapters off (Run.reference_pass)
+        reference = model if lora is not None else frozen_reference(model, compute_dtype)
+    model.train()
+
     # the trained module is the log-prob pass around the model, on one rank too, so that the
     # checkpoints of 1 and N ranks name the weights alike (lm.*) and load into each other
     model = PolicyLogprobs(model)
@@ -275,6 +260,29 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         lock=lock,
         lora=lora,
     )
+
+
+def add_adapters(cfg: GRPOConfig, model: PreTrainedModel) -> Any:
+    """``model.lora_rank > 0``: LoRA adapters injected into ``model`` (the peft wrapper is
+    returned, None without LoRA); also gradient checkpointing when asked for."""
+    m = cfg.model
+    lora = None
+    if m.lora_rank > 0:
+        lora = lora_lib.add_lora(
+            model,
+            rank=m.lora_rank,
+            alpha=m.lora_alpha,
+            dropout=m.lora_dropout,
+            target_modules=list(m.lora_target_modules),
+            base_name=lora_lib.base_name_for_adapter(m.name_or_path),
+        )
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if lora is not None:
+            # the frozen embeddings give checkpointed blocks inputs without grad; the adapters
+            # inside them still need one
+            model.enable_input_require_grads()
+    return lora
 
 
 def build_trackers(
