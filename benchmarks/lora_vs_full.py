@@ -30,7 +30,8 @@ PHASES = ("time/generate", "time/reference", "time/update", "time/sync")
 
 
 def run_one(args, shape, model_dir: Path, prompts: Path, lora_rank: int, index: int) -> dict:
-    work = REPO / "runs" / "bench" / "lora_vs_full" / f"{'lora' if lora_rank else 'full'}-{index}"
+    name = f"{'lora' if lora_rank else 'full'}-mb{args.micro_batch}-{index}"
+    work = REPO / "runs" / "bench" / "lora_vs_full" / name
     spec = {
         "model_dir": str(model_dir),
         "prompts_path": str(prompts),
@@ -41,7 +42,7 @@ def run_one(args, shape, model_dir: Path, prompts: Path, lora_rank: int, index: 
         "lr": args.lr_lora if lora_rank else args.lr_full,
         "steps": args.steps,
         "batch_size": shape.prompts_per_step * shape.group_size,
-        "micro_batch_size": shape.prompts_per_step * shape.group_size,
+        "micro_batch_size": args.micro_batch or shape.prompts_per_step * shape.group_size,
         "seed": 0,
         "work_dir": str(work),
     }
@@ -73,6 +74,7 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--engine", default="vllm", help="rollout.engine for both (default vllm)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--micro-batch", type=int, default=0, help="rows per micro-batch (0: all)")
     ap.add_argument("--lr-full", type=float, default=1e-5)
     ap.add_argument("--lr-lora", type=float, default=1e-4)
     args = ap.parse_args()
@@ -107,8 +109,8 @@ def main() -> None:
     print(
         f"{args.config}: {shape.hidden} x {shape.layers} Llama, {shape.prompts_per_step} x "
         f"{shape.group_size} x {shape.max_new_tokens} tokens, engine {args.engine}, "
-        f"{args.steps} steps x {args.repeats} runs each, LoRA rank {args.rank} on every linear "
-        "layer"
+        f"micro-batch {args.micro_batch or 'all'}, {args.steps} steps x {args.repeats} runs each, "
+        f"LoRA rank {args.rank} on every linear layer"
     )
     print()
     print("| | peak RSS (MiB) | s/step | generate | reference | update | sync |")
