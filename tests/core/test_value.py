@@ -157,7 +157,8 @@ def test_clipped_value_loss_by_hand():
 
     values.grad = None
     loss, stats = clipped_value_loss(values, old, ret, mask, clip=None, normalizer=2.0)
-    assert float(loss.detach()) == pytest.approx(0.5 * 1.01 / 2, abs=1e-6) and stats.clipped_tokens == 0
+    assert float(loss.detach()) == pytest.approx(0.5 * 1.01 / 2, abs=1e-6)
+    assert stats.clipped_tokens == 0
     loss.backward()
     # d/dV_1 = 0.5 * 2 * (0.9 - 1) / 2 = -0.05
     torch.testing.assert_close(values.grad, torch.tensor([[0.5, -0.05, 0.0]]))
