@@ -21,6 +21,7 @@ from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
 from grpo.train import run_dir as run_dir_lib
 from grpo.train.checkpoint import CheckpointManager, read_manifest
+from grpo.train.critic import Critic, build_critic, critic_path
 from grpo.train.distributed import SINGLE, World, broadcast_object
 from grpo.train.logprob_pass import PolicyLogprobs
 from grpo.train.models import autocast_dtype, frozen_reference, load_policy
@@ -59,6 +60,7 @@ class Run:
     resume_from: Path | None = None  # the checkpoint this run continues, if any
     lock: run_dir_lib.RunLock | None = None  # held by rank 0 while the run is alive
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+    critic: Critic | None = None  # advantage = gae: the value model and its optimizer
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -142,6 +144,8 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
             raise
     decision = broadcast_object(world, decision)
     run_dir = decision.run_dir
+    # advantage = gae: where the critic comes from, checked before any model loads
+    critic_from = critic_path(cfg, path) if cfg.algorithm.advantage == "gae" else ""
 
     device = world.device()
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
@@ -185,7 +189,10 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         model = shard(model, world, compute_dtype)
         if reference is not None:
             reference = shard(PolicyLogprobs(reference), world, compute_dtype)
-    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
+    critic = build_critic(cfg, critic_from, len(tokenizer), world, device, compute_dtype)
+    # the policy's schedule spans its own updates: none during the critic's warm-up
+    policy_steps = total_steps - (critic.warmup_steps if critic is not None else 0)
+    optimizer, scheduler = build_optimizer(cfg, model, max(policy_steps, 1))
     return Run(
         cfg=cfg,
         world=world,
@@ -215,6 +222,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         checkpoints=CheckpointManager(run_dir, world, cfg.train.keep_last),
         resume_from=decision.resume_from,
         lock=lock,
+        critic=critic,
     )
 
 
