@@ -131,7 +131,7 @@ def update_policy(
     normalizer = global_normalizer(world, aggregation, batch, max_new, len(micro))
     real = len(micro)
     micro = micro + [filler(batch)] * padded(world, real)
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    params = trained_parameters(run.optimizer)
     device = next(iter(params)).device
     out: dict[str, float] = {}
     # entropy sum, its token count, TIS weight sum, capped-token count, |logp - engine logp|
@@ -226,6 +226,16 @@ def update_policy(
     return out
 
 
+def trained_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters the optimizer steps, for clipping their gradients.
+
+    Not ``model.parameters()``: after a no-grad forward of a sharded model (the old values,
+    or the policy's log-probs for kl_in_reward) FSDP2 leaves the root's parameters unsharded
+    until the next backward, and the module then lists those stand-ins, whose ``.grad`` stays
+    None while the gradients land on the sharded parameters: the clip would skip them."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A DTensor (the grad norm of sharded parameters) as a plain tensor."""
     full = getattr(t, "full_tensor", None)
@@ -258,7 +268,7 @@ def update_critic(
     tokens = max(values_sums[2], 1.0)
     real = len(micro)
     micro = micro + [filler(batch)] * padded(world, real)
-    params = [p for p in critic.model.parameters() if p.requires_grad]
+    params = trained_parameters(critic.optimizer)
     device = params[0].device
     out: dict[str, float] = {}
     for iteration in range(a.num_iterations):
@@ -281,7 +291,7 @@ def update_critic(
             if k < real:
                 acc += torch.tensor([st.loss, st.clipped_tokens, st.error_sum], dtype=torch.float64)
         max_norm = run.cfg.optim.max_grad_norm if run.cfg.optim.max_grad_norm > 0 else math.inf
-        grad_norm = _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, max_norm)))
         critic.optimizer.step()
         critic.optimizer.zero_grad(set_to_none=True)
         loss_sum, clipped, err = all_reduce(world, acc.to(device)).tolist()
@@ -290,7 +300,7 @@ def update_critic(
                 "critic/value_loss": loss_sum,
                 "critic/vf_clipfrac": clipped / tokens,
                 "critic/value_mse": err / tokens,
-                "critic/grad_norm": float(grad_norm),
+                "critic/grad_norm": grad_norm,
             }
     out["critic/values_mean"] = values_sums[0] / tokens
     out["critic/returns_mean"] = return_sums[0] / tokens
