@@ -152,7 +152,7 @@ class CriticConfig:
     name_or_path: str = _f(
         "", "causal LM whose body starts the critic; empty: the policy's weights (fresh head)"
     )
-    lr: float = _f(1e-4, "critic learning rate (AdamW, constant; betas and decay from optim)")
+    lr: float = _f(1e-3, "critic learning rate (AdamW, constant; betas and decay from optim)")
     warmup_steps: int = _f(0, "first N steps update the critic only (the policy waits)")
     value_clip: float | None = _f(
         0.2, "PPO value clipping: |V - V_old| <= value_clip in the loss; null disables"

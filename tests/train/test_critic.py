@@ -25,7 +25,7 @@ def test_the_critic_starts_from_the_policy_body_with_a_zero_head(tiny_model_dir,
     assert all(torch.equal(model.body.state_dict()[k], v) for k, v in policy.items())
     assert float(model.head.weight.detach().abs().sum()) == 0.0
     assert float(model.head.bias.detach()) == 0.0
-    assert critic.optimizer.param_groups[0]["lr"] == 1e-4 and critic.value_clip == 0.2
+    assert critic.optimizer.param_groups[0]["lr"] == 1e-3 and critic.value_clip == 0.2
     # the lm-head is not part of the critic
     assert not any("lm_head" in name for name, _ in model.named_parameters())
 
