@@ -400,7 +400,7 @@ def test_gae_ranges_name_the_key(override, key):
 
 
 @pytest.mark.parametrize(
-    "override", ["algorithm.gamma=0.9", "critic.lr=1e-3", "critic.warmup_steps=1"]
+    "override", ["algorithm.gamma=0.9", "critic.lr=1e-2", "critic.warmup_steps=1"]
 )
 def test_gae_keys_without_gae_are_an_error(override):
     key = override.split("=")[0]
