@@ -126,3 +126,24 @@ def test_gae_kill_9_then_resume_ends_with_the_same_weights(tiny_model_dir, tmp_p
     for x, y in zip(a, b, strict=True):
         assert x["critic/value_loss"] == y["critic/value_loss"], x["step"]
     assert len({x["critic/value_loss"] for x in a}) == 6  # the critic's loss moves
+
+
+def test_ppo_learns_the_builtin_task(tmp_path):
+    """The shipped model on the built-in task: PPO's reward rises within 8 steps (measured:
+    about 0.26 over steps 1-2 and 0.9 over steps 7-8 of the maximum 1.2)."""
+    out = tmp_path / "run"
+    args = [
+        "algorithm.advantage=gae",
+        "rollout.engine=transformers",
+        "train.steps=8",
+        "train.eval_every=0",
+        "data.num_eval_prompts=8",
+        "train.save_every=0",
+        "train.save_final=false",
+        "log.progress_bar=false",
+        "log.plot=false",
+        f"train.output_dir={out}",
+    ]
+    assert main(["train", *args]) == 0
+    reward = [r["reward/mean"] for r in _steps(out)]
+    assert sum(reward[6:8]) / 2 > sum(reward[0:2]) / 2 + 0.3, reward
