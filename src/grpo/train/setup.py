@@ -4,6 +4,7 @@ engine and the optimizer."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -16,9 +17,11 @@ from transformers import PreTrainedModel
 
 from grpo.config import GRPOConfig, to_yaml, uses_reference_model
 from grpo.core import lr_lambda_warmup_cosine
+from grpo.errors import ModelError
 from grpo.rewards import RewardFunction
 from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
+from grpo.train import lora as lora_lib
 from grpo.train import run_dir as run_dir_lib
 from grpo.train.checkpoint import CheckpointManager, read_manifest
 from grpo.train.critic import Critic, build_critic, critic_path
@@ -27,7 +30,7 @@ from grpo.train.logprob_pass import PolicyLogprobs
 from grpo.train.models import autocast_dtype, frozen_reference, load_policy
 from grpo.train.preflight import preflight
 from grpo.train.run_log import RunLog
-from grpo.train.sharding import full_weights, is_sharded, shard
+from grpo.train.sharding import checkpoint_name, full_weights, is_sharded, shard
 from grpo.train.timing import PhaseTimer
 from grpo.train.trackers import Trackers, check_trackers_available, make_trackers
 
@@ -42,7 +45,9 @@ class Run:
     # the trained module: the transformers model, or on several ranks the sharded
     # PolicyLogprobs around it; see ``hf_model``
     model: torch.nn.Module
-    reference: torch.nn.Module | None  # None exactly when no step has beta > 0
+    # None exactly when no step has beta > 0; with LoRA the policy itself, whose adapters
+    # ``reference_pass`` switches off
+    reference: torch.nn.Module | None
     tokenizer: Any
     engine: RolloutEngine
     reward_fns: list[RewardFunction]
@@ -60,7 +65,15 @@ class Run:
     resume_from: Path | None = None  # the checkpoint this run continues, if any
     lock: run_dir_lib.RunLock | None = None  # held by rank 0 while the run is alive
     timer: PhaseTimer = field(default_factory=PhaseTimer)
+    lora: Any = None  # the peft wrapper of the policy when model.lora_rank > 0
     critic: Critic | None = None  # advantage = gae: the value model and its optimizer
+
+    def reference_pass(self) -> contextlib.AbstractContextManager[None]:
+        """The block in which ``reference`` computes the reference log-probs: with LoRA the
+        policy's adapters are off there (the reference is the base model)."""
+        if self.lora is not None:
+            return lora_lib.adapters_disabled(self.lora)
+        return contextlib.nullcontext()
 
     @property
     def hf_model(self) -> PreTrainedModel:
@@ -70,11 +83,28 @@ class Run:
     def sync_engine(self) -> None:
         """Give the engine the policy's current weights: nothing to do when it samples from the
         trained module itself; the full weights gathered from the shards when sharded."""
-        if is_sharded(self.model):
-            dtype = getattr(self.engine, "dtype", None) or torch.float32
+        dtype = getattr(self.engine, "dtype", None) or torch.float32
+        if self.lora is not None:
+            # engines hold the plain architecture: they get W + (alpha / r) B A
+            if is_sharded(self.model):
+                weights = full_weights(self.model, torch.float32)
+            elif self.engine_shares_model():
+                return  # the transformers engine samples from the adapted model itself
+            else:
+                weights = (
+                    (checkpoint_name(n), t.detach()) for n, t in self.model.state_dict().items()
+                )
+            m = self.cfg.model
+            scaling = lora_lib.lora_scaling(m.lora_alpha, m.lora_rank)
+            self.engine.load_weights(lora_lib.merged_weights(weights, scaling, dtype))
+        elif is_sharded(self.model):
             self.engine.load_weights(full_weights(self.model, dtype))
         else:
             self.engine.sync_weights(self.hf_model)
+
+    def engine_shares_model(self) -> bool:
+        """Whether the engine generates from the trained module's own weights."""
+        return getattr(self.engine, "model", None) is self.hf_model
 
     def full_state_dict(self) -> dict[str, torch.Tensor] | None:
         """The policy's full weights (fp32, checkpoint names) on the main rank, None elsewhere;
@@ -113,6 +143,11 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     # rewards, data, tokenizer, model path and output directory, checked before anything heavy
     pre = preflight(cfg)
     tokenizer, path = pre.tokenizer, pre.model_path
+    if lora_lib.is_adapter_dir(path):
+        raise ModelError(
+            f"model.name_or_path: {path} is a LoRA adapter, not a whole model",
+            hint=f"merge it first (grpo export {path} OUT --merge) and train from OUT",
+        )
     train_prompt_ids, eval_prompt_ids = pre.train_prompt_ids, pre.eval_prompt_ids
     world.shares(
         cfg.train.batch_size // cfg.algorithm.group_size,
@@ -149,11 +184,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
 
     device = world.device()
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
     compute_dtype = autocast_dtype(cfg.model.dtype, device)
-    reference = frozen_reference(model, compute_dtype) if uses_reference_model(cfg) else None
-    model.train()
     # With several ranks the policy is sharded, so the transformers engine generates from an
     # unsharded inference copy that receives the full weights after every step
     # (docs/scaling.md); vLLM engines always hold their own copy.
@@ -165,7 +196,9 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     r = cfg.rollout
     longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
     completion_room = max(r.max_new_tokens, cfg.train.eval_max_new_tokens or 0)
-    # vLLM before the optimizer: on a GPU its memory share must be free when it starts
+    # vLLM before the optimizer: on a GPU its memory share must be free when it starts. The
+    # engine is built before any adapter is added: it loads (and first syncs) the plain
+    # architecture, and later gets merged weights under the plain names
     engine = make_engine(
         r.engine,
         model=engine_model,
@@ -182,13 +215,23 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         # (evaluation of more prompts runs in waves)
         vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
     )
+    # adapters go in place: a transformers engine sharing ``model`` samples from them
+    lora = add_adapters(cfg, model)
+    reference = None
+    if uses_reference_model(cfg):
+        # LoRA: the reference is the policy with its adapters off (Run.reference_pass)
+        reference = model if lora is not None else frozen_reference(model, compute_dtype)
+    model.train()
+
     # the trained module is the log-prob pass around the model, on one rank too, so that the
     # checkpoints of 1 and N ranks name the weights alike (lm.*) and load into each other
     model = PolicyLogprobs(model)
     if world.distributed:
         model = shard(model, world, compute_dtype)
-        if reference is not None:
+        if reference is not None and lora is None:
             reference = shard(PolicyLogprobs(reference), world, compute_dtype)
+    if lora is not None and reference is not None:
+        reference = model
     critic = build_critic(cfg, critic_from, len(tokenizer), world, device, compute_dtype)
     # the policy's schedule spans its own updates: none during the critic's warm-up
     policy_steps = total_steps - (critic.warmup_steps if critic is not None else 0)
@@ -222,8 +265,32 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         checkpoints=CheckpointManager(run_dir, world, cfg.train.keep_last),
         resume_from=decision.resume_from,
         lock=lock,
+        lora=lora,
         critic=critic,
     )
+
+
+def add_adapters(cfg: GRPOConfig, model: PreTrainedModel) -> Any:
+    """``model.lora_rank > 0``: LoRA adapters injected into ``model`` (the peft wrapper is
+    returned, None without LoRA); also gradient checkpointing when asked for."""
+    m = cfg.model
+    lora = None
+    if m.lora_rank > 0:
+        lora = lora_lib.add_lora(
+            model,
+            rank=m.lora_rank,
+            alpha=m.lora_alpha,
+            dropout=m.lora_dropout,
+            target_modules=list(m.lora_target_modules),
+            base_name=lora_lib.base_name_for_adapter(m.name_or_path),
+        )
+    if m.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if lora is not None:
+            # the frozen embeddings give checkpointed blocks inputs without grad; the adapters
+            # inside them still need one
+            model.enable_input_require_grads()
+    return lora
 
 
 def build_trackers(
