@@ -363,3 +363,46 @@ def test_sampling_mask_replay_follows_the_filters(overrides, want):
     cfg = load_config(None, overrides)
     assert cfg.rollout.replay_sampling_mask in ("auto", "true", "false")
     assert sampling_mask(cfg) == want
+
+
+def test_gae_keys_load_and_are_checked():
+    cfg = load_config(
+        None,
+        [
+            "algorithm.advantage=gae",
+            "algorithm.gamma=0.99",
+            "algorithm.gae_lambda=0.9",
+            "critic.lr=3e-4",
+            "critic.warmup_steps=2",
+            "critic.value_clip=null",
+        ],
+    )
+    assert (cfg.algorithm.gamma, cfg.algorithm.gae_lambda) == (0.99, 0.9)
+    assert (cfg.critic.lr, cfg.critic.warmup_steps, cfg.critic.value_clip) == (3e-4, 2, None)
+    assert cfg.critic.name_or_path == "" and load_config().critic.value_clip == 0.2
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("algorithm.gamma=1.5", "algorithm.gamma"),
+        ("algorithm.gae_lambda=-0.1", "algorithm.gae_lambda"),
+        ("critic.lr=0", "critic.lr"),
+        ("critic.warmup_steps=-1", "critic.warmup_steps"),
+        ("critic.value_clip=0", "critic.value_clip"),
+        ("critic.warmup_steps=80", "critic.warmup_steps"),  # train.steps is 80
+        ("critic.nme=x", "critic.nme"),
+    ],
+)
+def test_gae_ranges_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config(None, ["algorithm.advantage=gae", override])
+
+
+@pytest.mark.parametrize(
+    "override", ["algorithm.gamma=0.9", "critic.lr=1e-2", "critic.warmup_steps=1"]
+)
+def test_gae_keys_without_gae_are_an_error(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"'{key}': only read when algorithm.advantage is 'gae'"):
+        load_config(None, [override])

@@ -1,6 +1,7 @@
 """The typed configuration tree, loaded from YAML with ``key=value`` overrides.
 
-One dataclass per section (model, data, rollout, algorithm, rewards, optim, train, log, launch).
+One dataclass per section (model, data, rollout, algorithm, critic, rewards, optim, train, log,
+launch).
 OmegaConf does the merging and type checking; this module adds the documentation of each field
 (``--help``), the checks that span several fields, and error messages that name the key.
 Only ``cli`` and ``train`` read a config; everything below them takes plain arguments.
@@ -100,7 +101,9 @@ class RolloutConfig:
 class AlgorithmConfig:
     group_size: int = _f(8, "G: completions sampled per prompt")
     advantage: str = _f(
-        "grpo", "advantage estimator: grpo, dr_grpo, batch_std, rloo, process (step rewards)"
+        "grpo",
+        "advantage estimator: grpo, dr_grpo, batch_std, rloo, process (step rewards), gae (PPO "
+        "with a learned critic, see critic.*)",
     )
     scale_rewards: str = _f("group", "grpo only: std that scales advantages: group, batch, none")
     advantage_eps: float = _f(1e-4, "eps in A = (r - mean) / (std + eps)")
@@ -137,14 +140,31 @@ class AlgorithmConfig:
         None, "dual clip for negative advantages (ratio cap c > 1, e.g. 3)"
     )
     kl_in_reward: bool = _f(
-        False, "subtract beta * KL from the reward (PPO style) instead of the loss"
+        False,
+        "subtract beta * KL from the reward (PPO style) instead of the loss; gae: per token",
     )
+    gamma: float = _f(1.0, "advantage=gae: discount per token")
+    gae_lambda: float = _f(0.95, "advantage=gae: GAE lambda (1: Monte Carlo, 0: one-step TD)")
     mask_truncated: bool = _f(False, "leave completions cut at max_new_tokens out of the loss")
     dynamic_sampling_rounds: int = _f(
         0, "DAPO dynamic sampling: up to N extra rounds to replace zero-variance groups; 0 off"
     )
     step_reward: str = _f("", "advantage=process: function returning (reward, char_end) steps")
     step_reward_kwargs: dict[str, Any] = _f({}, "keyword arguments for step_reward")
+
+
+@dataclass
+class CriticConfig:
+    """The value model of ``algorithm.advantage=gae`` (PPO with a critic); unused otherwise."""
+
+    name_or_path: str = _f(
+        "", "causal LM whose body starts the critic; empty: the policy's weights (fresh head)"
+    )
+    lr: float = _f(1e-3, "critic learning rate (AdamW, constant; betas and decay from optim)")
+    warmup_steps: int = _f(0, "first N steps update the critic only (the policy waits)")
+    value_clip: float | None = _f(
+        0.2, "PPO value clipping: |V - V_old| <= value_clip in the loss; null disables"
+    )
 
 
 @dataclass
@@ -257,6 +277,7 @@ class GRPOConfig:
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
     rewards: list[RewardConfig] = field(
         default_factory=_default_rewards,
         metadata={"doc": "reward functions: a list of {name, weight, kwargs}"},
@@ -271,7 +292,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("auto", "bfloat16", "float32"),
     "data.task": ("arithmetic", "gsm8k", "file"),
     "rollout.engine": ("auto", "vllm", "transformers"),
-    "algorithm.advantage": ("grpo", "dr_grpo", "batch_std", "rloo", "process"),
+    "algorithm.advantage": ("grpo", "dr_grpo", "batch_std", "rloo", "process", "gae"),
     "algorithm.scale_rewards": ("group", "batch", "none"),
     "algorithm.beta_schedule": ("constant", "cosine"),
     "algorithm.kl_estimator": ("k1", "k2", "k3"),
@@ -501,6 +522,7 @@ def validate(cfg: GRPOConfig) -> None:
         )
     if a.kl_in_reward and not uses_reference_model(cfg):
         raise ConfigError("key 'algorithm.kl_in_reward': needs beta > 0 (a reference model)")
+    _validate_gae(cfg)
     if t.keep_last < 1:
         raise ConfigError(f"key 'train.keep_last': must be at least 1, got {t.keep_last}")
     if t.resume not in ("", "auto", "never") and not Path(t.resume).is_dir():
@@ -566,6 +588,12 @@ _MODE_ONLY_KEYS: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
     ("algorithm.step_reward", "algorithm.advantage", ("process",)),
     ("algorithm.step_reward_kwargs", "algorithm.advantage", ("process",)),
     ("algorithm.scale_rewards", "algorithm.advantage", ("grpo",)),
+    ("algorithm.gamma", "algorithm.advantage", ("gae",)),
+    ("algorithm.gae_lambda", "algorithm.advantage", ("gae",)),
+    ("critic.name_or_path", "algorithm.advantage", ("gae",)),
+    ("critic.lr", "algorithm.advantage", ("gae",)),
+    ("critic.warmup_steps", "algorithm.advantage", ("gae",)),
+    ("critic.value_clip", "algorithm.advantage", ("gae",)),
     ("algorithm.beta", "algorithm.beta_schedule", ("constant",)),
     ("algorithm.beta_start", "algorithm.beta_schedule", ("cosine",)),
     ("algorithm.beta_end", "algorithm.beta_schedule", ("cosine",)),
@@ -591,6 +619,28 @@ def _check_keys_of_other_modes(cfg: GRPOConfig) -> None:
             f"key '{key}': only read when {mode_key} is {wanted}, but {mode_key} is {mode!r}, "
             "so it would be ignored",
             hint=f"remove {key}, or set {mode_key}={modes[0]}",
+        )
+
+
+def _validate_gae(cfg: GRPOConfig) -> None:
+    """Ranges of the PPO-with-critic keys (read only with advantage=gae, checked always)."""
+    a, c = cfg.algorithm, cfg.critic
+    for key, value in {"algorithm.gamma": a.gamma, "algorithm.gae_lambda": a.gae_lambda}.items():
+        if not 0 <= value <= 1:
+            raise ConfigError(f"key '{key}': must be in [0, 1], got {value}")
+    if c.lr <= 0:
+        raise ConfigError(f"key 'critic.lr': must be > 0, got {c.lr}")
+    if c.warmup_steps < 0:
+        raise ConfigError(f"key 'critic.warmup_steps': must be >= 0, got {c.warmup_steps}")
+    if c.value_clip is not None and c.value_clip <= 0:
+        raise ConfigError(
+            f"key 'critic.value_clip': must be > 0 (or null to disable), got {c.value_clip}"
+        )
+    if a.advantage == "gae" and cfg.train.epochs == 0 and c.warmup_steps >= cfg.train.steps:
+        raise ConfigError(
+            f"key 'critic.warmup_steps': {c.warmup_steps} critic-only steps leave none of "
+            f"train.steps={cfg.train.steps} for the policy",
+            hint="use fewer warm-up steps, or more train.steps",
         )
 
 

@@ -1,4 +1,5 @@
-"""Pure tensor math of GRPO: advantages, log-probs, KL estimators, policy losses, schedules.
+"""Pure tensor math of GRPO and PPO: advantages, GAE and the value loss, log-probs, KL
+estimators, policy losses, schedules.
 
 Imports torch only: no model, no config object, no torch.distributed.
 Shapes: B sequences, G group size, T completion tokens, V vocab, H hidden.
@@ -42,6 +43,15 @@ from grpo.core.policy_loss import (
     truncated_is_weights,
 )
 from grpo.core.schedules import beta_at, lr_lambda_warmup_cosine
+from grpo.core.value import (
+    ValueLossStats,
+    clipped_value_loss,
+    explained_variance,
+    gae_advantages,
+    masked_sums,
+    token_level_rewards,
+    whiten,
+)
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -57,14 +67,18 @@ __all__ = [
     "LossStats",
     "POLICY_LOSSES",
     "POLICY_LOSS_DEFAULTS",
+    "ValueLossStats",
     "batch_std_advantages",
     "beta_at",
     "canonical_aggregation",
     "cispo_loss",
     "clip_fractions",
     "clipped_surrogate",
+    "clipped_value_loss",
     "compute_advantages",
     "dr_grpo_advantages",
+    "explained_variance",
+    "gae_advantages",
     "group_advantages",
     "grpo_advantages",
     "grpo_loss",
@@ -79,6 +93,7 @@ __all__ = [
     "loss_normalizer",
     "lr_lambda_warmup_cosine",
     "mask_truncated",
+    "masked_sums",
     "micro_batch_token_mean",
     "policy_loss_fn",
     "process_advantages",
@@ -88,7 +103,9 @@ __all__ = [
     "seq_mean_token_sum_norm",
     "sequence_log_ratio",
     "token_entropy",
+    "token_level_rewards",
     "token_logprobs",
     "token_mean",
     "truncated_is_weights",
+    "whiten",
 ]

@@ -27,6 +27,8 @@ class RolloutBatch:
     old_logprobs: Tensor | None = None  # [B, T] when mu > 1
     ref_logprobs: Tensor | None = None  # [B, T] when beta > 0
     engine_logprobs: Tensor | None = None  # [B, T] sampling log-probs reported by the engine
+    old_values: Tensor | None = None  # [B, T] critic values before the update (advantage=gae)
+    returns: Tensor | None = None  # [B, T] GAE returns, the critic's targets (advantage=gae)
 
     @property
     def num_rows(self) -> int:
@@ -63,6 +65,8 @@ class RolloutBatch:
             old_logprobs=per_token(self.old_logprobs),
             ref_logprobs=per_token(self.ref_logprobs),
             engine_logprobs=per_token(self.engine_logprobs),
+            old_values=per_token(self.old_values),
+            returns=per_token(self.returns),
         )
 
     def micro_batches(self, size: int) -> list[RolloutBatch]:

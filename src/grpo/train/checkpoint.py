@@ -4,7 +4,9 @@ Layout of ``<output_dir>/checkpoints/step-00000042/``::
 
     .metadata, __*_*.distcp  torch.distributed.checkpoint (DCP) of {"model", "optim"}: the
                              policy and AdamW state, sharded as the ranks hold them; DCP
-                             reshards on load, so a checkpoint of N ranks loads on M
+                             reshards on load, so a checkpoint of N ranks loads on M.
+                             With advantage=gae also {"critic", "critic_optim"}: the value
+                             model and its AdamW state, saved and resharded the same way
     trainer.pt               step, prompt sampler position, LR schedule, token and time counts
     rank<r>.pt               rank r's random generators (python, numpy, torch)
     config.yaml              the run's configuration
@@ -100,6 +102,19 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / MANIFEST).read_text())
 
 
+def _trained_state(run: Any) -> dict[str, Any]:
+    """The DCP state of everything trained: the policy and its AdamW state, and with a critic
+    (advantage=gae) the critic and its AdamW state."""
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=_options(run))
+    state = {"model": _trainable_only(run, model_sd), "optim": optim_sd}
+    critic = getattr(run, "critic", None)
+    if critic is not None:
+        state["critic"], state["critic_optim"] = get_state_dict(critic.model, critic.optimizer)
+    return state
+
+
 class CheckpointManager:
     """Writes and finds the checkpoints of one run directory."""
 
@@ -131,7 +146,6 @@ class CheckpointManager:
     def save(self, run: Any, trainer_state: dict[str, Any]) -> Path:
         """Write a checkpoint of step ``trainer_state['step']``; every rank calls this."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict
 
         world, step = self.world, int(trainer_state["step"])
         final = self.root / step_name(step)
@@ -143,10 +157,8 @@ class CheckpointManager:
             tmp.mkdir()
         tmp = Path(broadcast_object(world, str(tmp) if tmp else None))
 
-        model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=_options(run))
-        model_sd = _trainable_only(run, model_sd)
         with _single_process_quiet():
-            dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(tmp))
+            dcp.save(_trained_state(run), checkpoint_id=str(tmp))
         torch.save(trainer_state["rng"], tmp / f"rank{world.rank}.pt")
         barrier(world)
         if world.is_main:
@@ -202,14 +214,13 @@ class CheckpointManager:
         ``run`` (at this run's world size), and return its trainer state (with this rank's
         RNG state under ``rng`` when the checkpoint has one for this rank)."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+        from torch.distributed.checkpoint.state_dict import set_state_dict
 
         problem = checkpoint_problem(path)
         if problem is not None:
             raise ValueError(f"train.resume: the checkpoint {path} is incomplete: {problem}")
         options = _options(run)
-        model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=options)
-        state = {"model": _trainable_only(run, model_sd), "optim": optim_sd}
+        state = _trained_state(run)
         with _single_process_quiet():
             dcp.load(state, checkpoint_id=str(path))
         set_state_dict(
@@ -219,6 +230,14 @@ class CheckpointManager:
             optim_state_dict=state["optim"],
             options=options,
         )
+        critic = getattr(run, "critic", None)
+        if critic is not None:
+            set_state_dict(
+                critic.model,
+                critic.optimizer,
+                model_state_dict=state["critic"],
+                optim_state_dict=state["critic_optim"],
+            )
         trainer = torch.load(path / "trainer.pt", weights_only=False)
         run.scheduler.load_state_dict(trainer["scheduler"])
         out = dict(trainer["state"])

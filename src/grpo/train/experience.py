@@ -1,5 +1,6 @@
 """Making one step's experience: sample -> score -> (dynamic sampling) -> tensors ->
-(reference log-probs) -> advantages. Returns a batch that is ready for the policy update.
+(reference log-probs) -> (critic values) -> advantages. Returns a batch that is ready for the
+policy update (and the critic's, for advantage=gae).
 
 Every formula lives in ``grpo.core``; this module moves data between the stages.
 """
@@ -17,20 +18,25 @@ from grpo.config import GRPOConfig
 from grpo.core import (
     AdvantageOutput,
     compute_advantages,
+    gae_advantages,
     informative_groups,
+    kl_penalty,
     kl_reward_penalty,
     mask_truncated,
+    masked_sums,
     process_advantages,
+    token_level_rewards,
+    whiten,
 )
 from grpo.rewards import RewardScores, completion_text, score_completions
 from grpo.rewards.step_rewards import steps_to_token_ends
 from grpo.rewards.step_scoring import score_steps
 from grpo.rollout.base import Completion, SamplingSettings
 from grpo.train.batch import RolloutBatch, build_batch
-from grpo.train.distributed import any_rank
+from grpo.train.distributed import all_reduce_floats, any_rank
 from grpo.train.setup import Run
 from grpo.train.state import TrainState
-from grpo.train.update import batch_logprobs
+from grpo.train.update import batch_logprobs, batch_values
 
 # Keyword arguments the trainer gives reward functions besides the dataset columns.
 TRAINER_COLUMNS = ("group_ids", "completion_ids", "completion_lengths")
@@ -206,8 +212,8 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
     log-probs (beta > 0), and compute the advantages.
 
     ``beta`` is the step's KL weight. With ``kl_in_reward`` the penalty ``beta * KL`` is
-    subtracted from each completion's reward before the advantages and the loss gets no KL
-    term (the returned ``beta`` is then 0).
+    subtracted from each completion's reward before the advantages (for gae: from each
+    token's reward) and the loss gets no KL term (the returned ``beta`` is then 0).
     """
     a = run.cfg.algorithm
     sampled, first, rounds = collect_rollout(run, state, step)
@@ -234,6 +240,7 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
         batch.completion_mask = mask_truncated(batch.completion_mask, truncated)
 
     rewards = sampled.scores.total
+    token_kl = None  # gae with kl_in_reward: [B, T] KL per token, for the token rewards
     with run.timer("reference"):
         if run.reference is not None:
             with run.reference_pass():  # LoRA: the policy with its adapters off
@@ -241,17 +248,28 @@ def make_experience(run: Run, state: TrainState, step: int, beta: float) -> Expe
         if a.kl_in_reward:
             assert batch.ref_logprobs is not None  # config validation: kl_in_reward needs beta
             sampling_logp = batch_logprobs(run, run.model, batch)
-            penalty = kl_reward_penalty(
-                sampling_logp, batch.ref_logprobs, batch.completion_mask, beta, a.kl_estimator
-            )
-            rewards = rewards - penalty
+            if a.advantage == "gae":
+                kl = kl_penalty(a.kl_estimator, sampling_logp, batch.ref_logprobs)
+                token_kl = torch.where(batch.completion_mask.bool(), kl, 0.0)
+                penalty = beta * token_kl.sum(1)
+            else:
+                penalty = kl_reward_penalty(
+                    sampling_logp, batch.ref_logprobs, batch.completion_mask, beta, a.kl_estimator
+                )
+                rewards = rewards - penalty
             metrics["kl_reward_penalty"] = float(penalty.mean())
     steps = None
     if a.advantage == "process":
         with run.timer("score"):
             steps = step_rewards_of(run, sampled)
+    if run.critic is not None:
+        with run.timer("values"):
+            batch.old_values = batch_values(run, run.critic.model, batch)
     with run.timer("advantage"):
-        adv = advantages(run, sampled, rewards, batch, steps)
+        if a.advantage == "gae":
+            adv = gae_experience(run, rewards, batch, token_kl, beta)
+        else:
+            adv = advantages(run, sampled, rewards, batch, steps)
     batch.advantages = adv.advantages
     return Experience(
         batch=batch,
@@ -307,6 +325,31 @@ def advantages(
     step_rewards, step_ends = steps_to_token_ends(steps, token_ids, run.tokenizer)
     return process_advantages(
         step_rewards, step_ends, G, batch.completion_width, eps=a.advantage_eps
+    )
+
+
+def gae_experience(
+    run: Run, rewards: torch.Tensor, batch: RolloutBatch, token_kl: torch.Tensor | None, beta: float
+) -> AdvantageOutput:
+    """PPO's advantages from the critic's values (``batch.old_values``): token rewards (the
+    sequence reward on the last token, minus beta * KL per token with kl_in_reward), GAE,
+    then whitened over every rank's tokens. Sets ``batch.returns`` (the critic's targets).
+    Completions that could not be scored (NaN reward) are left out of both losses."""
+    a = run.cfg.algorithm
+    assert batch.old_values is not None
+    scored = ~torch.isnan(rewards)
+    batch.completion_mask = batch.completion_mask * scored[:, None]
+    mask = batch.completion_mask
+    token_rewards = token_level_rewards(torch.where(scored, rewards, 0.0), mask, token_kl, beta)
+    adv, batch.returns = gae_advantages(
+        token_rewards, batch.old_values, mask, gamma=a.gamma, lam=a.gae_lambda
+    )
+    total, squares, count = all_reduce_floats(run.world, list(masked_sums(adv, mask)))
+    informative = informative_groups(rewards, a.group_size)
+    return AdvantageOutput(
+        advantages=whiten(adv, mask, (total, squares, count)),
+        # not used by GAE; logged as for every estimator (groups whose rewards all agree)
+        frac_zero_std=float(1.0 - informative.to(torch.float64).mean()),
     )
 
 

@@ -6,6 +6,9 @@ One step reads like the algorithm (DeepSeekMath, arXiv 2402.03300, Algorithm 1):
     beta > 0 -> group advantages) -> mu policy updates over micro-batches -> weights to the
     engine -> metrics -> periodic evaluation
 
+PPO with a critic (``algorithm.advantage=gae``) is the same step with the critic's values
+before the advantages (GAE) and the critic's own update after the policy's.
+
 Each stage is one call into ``train/experience.py``, ``train/update.py`` or the engine; every
 formula lives in ``grpo.core``.
 """
@@ -42,7 +45,7 @@ from grpo.train.run_log import plot_curves
 from grpo.train.setup import Run, setup
 from grpo.train.state import PromptSampler, TrainState
 from grpo.train.step_metrics import step_metrics
-from grpo.train.update import micro_plan, update_policy
+from grpo.train.update import micro_plan, update_critic, update_policy
 
 
 def step_beta(cfg: GRPOConfig, step: int, total_steps: int) -> float:
@@ -65,9 +68,14 @@ def rl_step(run: Run, state: TrainState) -> dict[str, float]:
     beta = step_beta(run.cfg, step, run.total_steps)
 
     exp = make_experience(run, state, step, beta)
-    with run.timer("update"):
-        micro = [exp.batch.rows(idx) for idx in micro_plan(run, exp.batch)]
-        update = update_policy(run, micro, exp.batch, exp.beta)
+    micro = [exp.batch.rows(idx) for idx in micro_plan(run, exp.batch)]
+    update: dict[str, float] = {}
+    if policy_learns(run, step):
+        with run.timer("update"):
+            update = update_policy(run, micro, exp.batch, exp.beta)
+    if run.critic is not None:
+        with run.timer("critic_update"):
+            update |= update_critic(run, micro, exp.batch, abortable=not update)
     with run.timer("sync"):
         run.sync_engine()
 
@@ -83,6 +91,11 @@ def rl_step(run: Run, state: TrainState) -> dict[str, float]:
     log_samples(run, exp, step)
     state.step = step
     return metrics
+
+
+def policy_learns(run: Run, step: int) -> bool:
+    """False during the critic's warm-up (``critic.warmup_steps``): only the critic learns."""
+    return run.critic is None or step > run.critic.warmup_steps
 
 
 def log_samples(run: Run, exp: Experience, step: int) -> None:
@@ -186,6 +199,8 @@ def _train(run: Run, started: float) -> dict[str, Any]:
                 metrics = rl_step(run, state)
             except interrupt.StepAborted:
                 run.optimizer.zero_grad(set_to_none=True)
+                if run.critic is not None:
+                    run.critic.optimizer.zero_grad(set_to_none=True)
                 raise _stop(run, at_start, saved_at) from None
             state.tokens += int(metrics["tokens"])
             state.train_seconds += metrics["time/step"]

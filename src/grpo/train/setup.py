@@ -24,6 +24,7 @@ from grpo.rollout.factory import make_engine
 from grpo.train import lora as lora_lib
 from grpo.train import run_dir as run_dir_lib
 from grpo.train.checkpoint import CheckpointManager, read_manifest
+from grpo.train.critic import Critic, build_critic, critic_path
 from grpo.train.distributed import SINGLE, World, broadcast_object
 from grpo.train.logprob_pass import PolicyLogprobs
 from grpo.train.models import autocast_dtype, frozen_reference, load_policy
@@ -65,6 +66,7 @@ class Run:
     lock: run_dir_lib.RunLock | None = None  # held by rank 0 while the run is alive
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     lora: Any = None  # the peft wrapper of the policy when model.lora_rank > 0
+    critic: Critic | None = None  # advantage = gae: the value model and its optimizer
 
     def reference_pass(self) -> contextlib.AbstractContextManager[None]:
         """The block in which ``reference`` computes the reference log-probs: with LoRA the
@@ -177,6 +179,8 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
             raise
     decision = broadcast_object(world, decision)
     run_dir = decision.run_dir
+    # advantage = gae: where the critic comes from, checked before any model loads
+    critic_from = critic_path(cfg, path) if cfg.algorithm.advantage == "gae" else ""
 
     device = world.device()
     model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
@@ -228,7 +232,10 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
             reference = shard(PolicyLogprobs(reference), world, compute_dtype)
     if lora is not None and reference is not None:
         reference = model
-    optimizer, scheduler = build_optimizer(cfg, model, total_steps)
+    critic = build_critic(cfg, critic_from, len(tokenizer), world, device, compute_dtype)
+    # the policy's schedule spans its own updates: none during the critic's warm-up
+    policy_steps = total_steps - (critic.warmup_steps if critic is not None else 0)
+    optimizer, scheduler = build_optimizer(cfg, model, max(policy_steps, 1))
     return Run(
         cfg=cfg,
         world=world,
@@ -259,6 +266,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         resume_from=decision.resume_from,
         lock=lock,
         lora=lora,
+        critic=critic,
     )
 
 

@@ -1,4 +1,5 @@
-"""The policy update: micro-batches, the global loss normaliser, mu optimizer steps.
+"""The policy update (and, for PPO, the critic's): micro-batches, the global loss normaliser,
+mu optimizer steps.
 
 This is the one place where the loss is reduced: the normaliser of the aggregation mode is
 computed once from the whole batch (every micro-batch on every rank), each micro-batch adds
@@ -17,8 +18,17 @@ import torch
 
 from grpo import interrupt
 from grpo.config import loss_settings, sampling_mask
-from grpo.core import LossStats, loss_normalizer, policy_loss_fn, truncated_is_weights
+from grpo.core import (
+    LossStats,
+    clipped_value_loss,
+    explained_variance,
+    loss_normalizer,
+    masked_sums,
+    policy_loss_fn,
+    truncated_is_weights,
+)
 from grpo.train.batch import RolloutBatch
+from grpo.train.critic import critic_values
 from grpo.train.distributed import SINGLE, World, all_reduce, all_reduce_floats
 from grpo.train.logprob_pass import completion_logprobs
 
@@ -66,6 +76,21 @@ def batch_logprobs(run: Any, model: torch.nn.Module, batch: RolloutBatch) -> tor
     return out
 
 
+@torch.no_grad()
+def batch_values(run: Any, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+    """[B, T] critic values of the completion positions, micro-batch by micro-batch."""
+    world: World = getattr(run, "world", SINGLE)
+    out = torch.zeros(batch.completion_mask.shape, dtype=torch.float32)
+    plan = micro_plan(run, batch)
+    fillers = padded(world, len(plan))
+    for idx in plan:
+        v = critic_values(model, batch.rows(idx), autocast_dtype=run.compute_dtype)
+        out[idx, : v.shape[1]] = v.cpu()
+    for _ in range(fillers):
+        critic_values(model, filler(batch), autocast_dtype=run.compute_dtype)
+    return out
+
+
 def global_normalizer(
     world: World, aggregation: str, batch: RolloutBatch, max_new_tokens: int, num_micro: int
 ) -> float:
@@ -106,7 +131,7 @@ def update_policy(
     normalizer = global_normalizer(world, aggregation, batch, max_new, len(micro))
     real = len(micro)
     micro = micro + [filler(batch)] * padded(world, real)
-    params = [p for p in run.model.parameters() if p.requires_grad]
+    params = trained_parameters(run.optimizer)
     device = next(iter(params)).device
     out: dict[str, float] = {}
     # entropy sum, its token count, TIS weight sum, capped-token count, |logp - engine logp|
@@ -201,7 +226,84 @@ def update_policy(
     return out
 
 
+def trained_parameters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The parameters the optimizer steps, for clipping their gradients.
+
+    Not ``model.parameters()``: after a no-grad forward of a sharded model (the old values,
+    or the policy's log-probs for kl_in_reward) FSDP2 leaves the root's parameters unsharded
+    until the next backward, and the module then lists those stand-ins, whose ``.grad`` stays
+    None while the gradients land on the sharded parameters: the clip would skip them."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
 def _full(t: torch.Tensor) -> torch.Tensor:
     """A DTensor (the grad norm of sharded parameters) as a plain tensor."""
     full = getattr(t, "full_tensor", None)
     return full() if callable(full) else t
+
+
+def update_critic(
+    run: Any, micro: list[RolloutBatch], batch: RolloutBatch, *, abortable: bool
+) -> dict[str, float]:
+    """mu optimizer steps of the critic on the batch's GAE returns (PPO's value loss, clipped
+    around the values the advantages were computed with). The loss is a token mean over the
+    whole batch: every micro-batch on every rank divides by the same token count.
+
+    ``abortable``: no optimizer step of this RL step has happened yet (the policy is still
+    in its warm-up), so a stop request may abort the step here, before the first one.
+    """
+    critic, a = run.critic, run.cfg.algorithm
+    world: World = getattr(run, "world", SINGLE)
+    assert batch.old_values is not None and batch.returns is not None
+    mask = batch.completion_mask
+    sums = all_reduce_floats(
+        world,
+        [
+            *masked_sums(batch.old_values, mask),
+            *masked_sums(batch.returns, mask),
+            *masked_sums(batch.returns - batch.old_values, mask),
+        ],
+    )
+    values_sums, return_sums, residual_sums = sums[0:3], sums[3:6], sums[6:9]
+    tokens = max(values_sums[2], 1.0)
+    real = len(micro)
+    micro = micro + [filler(batch)] * padded(world, real)
+    params = trained_parameters(critic.optimizer)
+    device = params[0].device
+    out: dict[str, float] = {}
+    for iteration in range(a.num_iterations):
+        # value loss, clipped tokens, squared error: summed over micro-batches and ranks
+        acc = torch.zeros(3, dtype=torch.float64)
+        for k, mb in enumerate(micro):
+            if iteration == 0 and abortable:
+                interrupt.checkpoint()
+            assert mb.old_values is not None and mb.returns is not None
+            values = critic_values(critic.model, mb, autocast_dtype=run.compute_dtype)
+            loss, st = clipped_value_loss(
+                values,
+                mb.old_values.to(device),
+                mb.returns.to(device),
+                mb.completion_mask.to(device),
+                clip=critic.value_clip,
+                normalizer=tokens,
+            )
+            loss.backward()
+            if k < real:
+                acc += torch.tensor([st.loss, st.clipped_tokens, st.error_sum], dtype=torch.float64)
+        max_norm = run.cfg.optim.max_grad_norm if run.cfg.optim.max_grad_norm > 0 else math.inf
+        grad_norm = float(_full(torch.nn.utils.clip_grad_norm_(params, max_norm)))
+        critic.optimizer.step()
+        critic.optimizer.zero_grad(set_to_none=True)
+        loss_sum, clipped, err = all_reduce(world, acc.to(device)).tolist()
+        if iteration == 0:
+            out = {
+                "critic/value_loss": loss_sum,
+                "critic/vf_clipfrac": clipped / tokens,
+                "critic/value_mse": err / tokens,
+                "critic/grad_norm": grad_norm,
+            }
+    out["critic/values_mean"] = values_sums[0] / tokens
+    out["critic/returns_mean"] = return_sums[0] / tokens
+    out["critic/explained_var"] = explained_variance(tuple(residual_sums), tuple(return_sums))
+    out["critic/lr"] = critic.optimizer.param_groups[0]["lr"]
+    return out
