@@ -39,3 +39,29 @@ def test_grpo_eval_reports_greedy_accuracy_and_pass_at_k(capsys):
     assert report["pass@1"] == pytest.approx(report["sampled_accuracy"])
     # the shipped model samples worked solutions a quarter of the time; greedy rarely works
     assert report["pass@4"] > report["greedy_accuracy"]
+
+
+def test_multistep_example_loads_with_its_task_and_shipped_model():
+    from grpo.train.models import resolve_model_path
+
+    cfg = load_config(EXAMPLES / "multistep.yaml")
+    assert cfg.model.name_or_path == "builtin:tiny-multistep"
+    assert cfg.data.task == "multistep"
+    assert cfg.rollout.engine == "transformers"
+    assert [r.name for r in cfg.rewards] == ["accuracy", "format"]
+    assert cfg.train.batch_size % cfg.algorithm.group_size == 0
+    # the model is shipped, with its tokenizer
+    path = Path(resolve_model_path(cfg.model.name_or_path))
+    assert (path / "model.safetensors").is_file() and (path / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_grpo_eval_on_the_multistep_task_scores_its_own_held_out_set(capsys):
+    code = main(
+        ["eval", "builtin:tiny-multistep", "--task", "multistep", "--num-prompts", "16"]
+        + ["--k", "1", "4"]
+    )
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["prompts"] == 16
+    assert report["pass@4"] >= report["pass@1"]

@@ -167,6 +167,12 @@ def _eval_parser() -> argparse.ArgumentParser:
         help="prompt file (.jsonl/.parquet/datasets); default: the built-in task's held-out set",
     )
     p.add_argument(
+        "--task",
+        default="arithmetic",
+        choices=["arithmetic", "multistep"],
+        help="the built-in task whose held-out set is evaluated when --data is not given",
+    )
+    p.add_argument(
         "--gsm8k", action="store_true", help="--data is in the GSM8K question/answer format"
     )
     p.add_argument("--num-prompts", type=int, default=200, help="evaluate on the first N prompts")
@@ -232,7 +238,7 @@ def _cmd_eval(argv: Sequence[str]) -> int:
         )[: args.num_prompts]
     else:
         _, rows = load_rows(
-            task="arithmetic",
+            task=args.task,
             train_path=None,
             eval_path=None,
             split="train",
@@ -247,7 +253,7 @@ def _cmd_eval(argv: Sequence[str]) -> int:
         tokenizer,
         prompt_column=args.prompt_column,
         system_prompt=args.system_prompt,
-        source=args.data or "the arithmetic task",
+        source=args.data or f"the {args.task} task",
     )
     torch.manual_seed(args.seed)
     device = pick_device()

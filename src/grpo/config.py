@@ -63,7 +63,8 @@ class ModelConfig:
 class DataConfig:
     task: str = _f(
         "arithmetic",
-        "built-in task (arithmetic, gsm8k) or 'file' to read train_path/eval_path",
+        "built-in task (arithmetic; multistep, two-digit chains with headroom for RL; gsm8k) "
+        "or 'file' to read train_path/eval_path",
     )
     train_path: str | None = _f(None, "prompts: .jsonl, .parquet, or a datasets name/dir")
     eval_path: str | None = _f(None, "held-out prompts in the same formats (optional)")
@@ -290,7 +291,7 @@ class GRPOConfig:
 
 _CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("auto", "bfloat16", "float32"),
-    "data.task": ("arithmetic", "gsm8k", "file"),
+    "data.task": ("arithmetic", "multistep", "gsm8k", "file"),
     "rollout.engine": ("auto", "vllm", "transformers"),
     "algorithm.advantage": ("grpo", "dr_grpo", "batch_std", "rloo", "process", "gae"),
     "algorithm.scale_rewards": ("group", "batch", "none"),
@@ -584,7 +585,7 @@ _MODE_ONLY_KEYS: tuple[tuple[str, str, tuple[Any, ...]], ...] = (
     ("data.split", "data.task", ("file",)),
     ("data.prompt_column", "data.task", ("file",)),
     ("data.system_prompt", "data.task", ("file", "gsm8k")),
-    ("data.num_train_prompts", "data.task", ("arithmetic",)),
+    ("data.num_train_prompts", "data.task", ("arithmetic", "multistep")),
     ("algorithm.step_reward", "algorithm.advantage", ("process",)),
     ("algorithm.step_reward_kwargs", "algorithm.advantage", ("process",)),
     ("algorithm.scale_rewards", "algorithm.advantage", ("grpo",)),

@@ -35,7 +35,7 @@ from grpo.errors import ConfigError, DatasetError, RewardError, RewardSpecError,
 from grpo.rewards import TRAINER_COLUMNS, RewardFunction, accuracy, score_completions
 from grpo.rewards.builtin import gold_number
 from grpo.train.models import load_tokenizer, resolve_model_path
-from grpo.train.task_data import load_rows, tokenize_prompts
+from grpo.train.task_data import GENERATED_TASKS, load_rows, tokenize_prompts
 
 __all__ = [
     "Preflight",
@@ -94,7 +94,7 @@ def preflight(cfg: GRPOConfig, *, probe: bool = True) -> Preflight:
         required_columns=required,
         system_prompt=d.system_prompt,
     )
-    source = d.train_path if d.task != "arithmetic" else "the arithmetic task"
+    source = f"the {d.task} task" if d.task in GENERATED_TASKS else d.train_path
     _check_columns(train_rows, needs, str(source), d.prompt_column)
     if any(rf.fn is accuracy for rf in reward_fns):
         _check_gold_answers(train_rows, str(source))

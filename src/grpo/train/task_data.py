@@ -11,13 +11,16 @@ from grpo.data import (
     DatasetError,
     load_gsm8k,
     load_prompt_rows,
+    multistep,
     render_prompt,
 )
 from grpo.data.arithmetic import generate_problems, problem_rows
 
-# The held-out arithmetic problems do not depend on the run's seed, so runs with different
-# seeds are measured on the same set.
+# The held-out problems of a built-in task do not depend on the run's seed, so runs with
+# different seeds are measured on the same set.
 EVAL_SEED = 0
+# Built-in tasks that draw their problems: name -> generate_problems(split, count, seed=...).
+GENERATED_TASKS = {"arithmetic": generate_problems, "multistep": multistep.generate_problems}
 
 
 def load_rows(
@@ -37,9 +40,10 @@ def load_rows(
 
     ``system_prompt`` is the GSM8K task's system message (None: its default); for files it is
     applied later, when chat prompts are rendered (``tokenize_prompts``)."""
-    if task == "arithmetic":
-        train = problem_rows(generate_problems("rl", num_train_prompts, seed=seed))
-        evals = problem_rows(generate_problems("eval", num_eval_prompts, seed=EVAL_SEED))
+    if task in GENERATED_TASKS:
+        generate = GENERATED_TASKS[task]
+        train = problem_rows(generate("rl", num_train_prompts, seed=seed))
+        evals = problem_rows(generate("eval", num_eval_prompts, seed=EVAL_SEED))
         return train, evals
     if task == "gsm8k":
         if not train_path:
