@@ -15,7 +15,6 @@ formula lives in ``grpo.core``.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import time
@@ -30,18 +29,15 @@ from grpo.core import beta_at
 from grpo.train.checkpoint import step_name
 from grpo.train.distributed import (
     World,
-    all_gather_objects,
-    all_reduce_floats,
     any_rank,
     broadcast_object,
     init_world,
     report_failure,
     shutdown,
 )
-from grpo.train.evaluate import evaluate_accuracy
-from grpo.train.experience import Experience, make_experience, sample_records
-from grpo.train.lora import save_adapter
-from grpo.train.run_log import plot_curves
+from grpo.train.evaluate_run import evaluate, log_samples
+from grpo.train.experience import make_experience
+from grpo.train.finish import finish, logged_eval
 from grpo.train.setup import Run, setup
 from grpo.train.state import PromptSampler, TrainState
 from grpo.train.step_metrics import step_metrics
@@ -98,41 +94,6 @@ def policy_learns(run: Run, step: int) -> bool:
     return run.critic is None or step > run.critic.warmup_steps
 
 
-def log_samples(run: Run, exp: Experience, step: int) -> None:
-    """samples.jsonl: the first completions of every rank's share, ``log.samples_per_step`` in
-    all, in rank order."""
-    k, world = run.cfg.log.samples_per_step, run.world
-    mine = sample_records(run, exp, -(-k // world.world_size))
-    for record in mine:
-        record["rank"] = world.rank
-    rows = [r for part in all_gather_objects(world, mine) for r in part][:k]
-    run.log.samples(step, rows)
-
-
-def evaluate(run: Run) -> dict[str, float]:
-    """Greedy accuracy on the held-out prompts (empty when there are none); each rank decodes
-    a contiguous share of them with its own engine."""
-    if not run.eval_rows:
-        return {}
-    cfg, world = run.cfg, run.world
-    n = len(run.eval_rows)
-    lo, hi = n * world.rank // world.world_size, n * (world.rank + 1) // world.world_size
-    counts = [0.0, 0.0, 0.0]  # correct, prompts, completion tokens
-    if hi > lo:
-        result = evaluate_accuracy(
-            run.engine,
-            run.eval_prompt_ids[lo:hi],
-            run.eval_rows[lo:hi],
-            prompt_column=cfg.data.prompt_column,
-            max_new_tokens=cfg.train.eval_max_new_tokens or cfg.rollout.max_new_tokens,
-            stop=tuple(cfg.rollout.stop),
-        )
-        m = hi - lo
-        counts = [result.accuracy * m, float(m), result.mean_completion_tokens * m]
-    correct, prompts, tokens = all_reduce_floats(world, counts)
-    return {"eval/accuracy": correct / prompts, "eval/completion_len": tokens / prompts}
-
-
 class Stopped(Exception):
     """The run stopped on SIGTERM or SIGINT after writing a checkpoint (``checkpoint``)."""
 
@@ -181,7 +142,7 @@ def _train(run: Run, started: float) -> dict[str, Any]:
     if run.resume_from is not None:
         state.load_state_dict(run.checkpoints.load(run.resume_from, run))
         run.sync_engine()
-        before = broadcast_object(world, _logged_eval(run.run_dir) if world.is_main else None)
+        before = broadcast_object(world, logged_eval(run.run_dir) if world.is_main else None)
         log.resumed(state.step)
         log.write(f"resumed from {run.resume_from} (step {state.step} of {run.total_steps})")
     else:
@@ -252,75 +213,3 @@ def _stop(run: Run, trainer_state: dict[str, Any], saved_at: int | None) -> Stop
             path = run.checkpoints.save(run, trainer_state)
     run.log.close()
     return Stopped(signum, step, path, run.run_dir)
-
-
-def _logged_eval(run_dir: Path) -> dict[str, float]:
-    """The evaluation before training, from metrics.jsonl (a resumed run does not redo it)."""
-    for record in read_metrics(run_dir):
-        if record.get("step") == 0 and "eval/accuracy" in record:
-            return {k: v for k, v in record.items() if k.startswith("eval/")}
-    return {}
-
-
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-def finish(
-    run: Run,
-    state: TrainState,
-    before: dict[str, float],
-    after: dict[str, float],
-    started: float,
-) -> dict[str, Any]:
-    """summary.json, the final model and the curves."""
-    cfg = run.cfg
-    tokens, train_seconds = state.tokens, state.train_seconds
-    summary: dict[str, Any] = {
-        "run_dir": str(run.run_dir),
-        "steps": state.step,
-        "wall_time_s": round(time.time() - started, 1),
-        "train_time_s": round(train_seconds, 1),
-        "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / max(train_seconds, 1e-9), 1),
-        "seed": cfg.train.seed,
-        "world_size": run.world.world_size,
-        "engine": type(run.engine).__name__,
-    }
-    if before and after:
-        summary.update(
-            {
-                "accuracy_before": before["eval/accuracy"],
-                "accuracy_after": after["eval/accuracy"],
-                "accuracy_gain_points": round(
-                    100 * (after["eval/accuracy"] - before["eval/accuracy"]), 1
-                ),
-                "eval_prompts": len(run.eval_rows),
-            }
-        )
-    if cfg.train.save_final:
-        final = run.run_dir / "final"
-        weights = run.full_state_dict()  # a collective when sharded: every rank takes part
-        if run.world.is_main:
-            if run.lora is not None:  # the adapter; grpo eval and export --merge read it
-                save_adapter(run.lora, final, weights)
-            else:
-                run.hf_model.save_pretrained(final, state_dict=weights)
-            run.tokenizer.save_pretrained(final)
-        summary["final_model"] = str(final)
-    if not run.world.is_main:
-        return summary
-    if cfg.log.plot:
-        plot_curves(read_metrics(run.run_dir), run.run_dir / "curves.png")
-        summary["plot"] = str(run.run_dir / "curves.png")
-    (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
