@@ -92,12 +92,22 @@ def _random_problem(
     """First number in 1..first_max, the others in 1..operand_max; a subtraction that would
     go below zero becomes an addition, so every intermediate result is non-negative."""
     n_terms = rng.randint(min_terms, max_terms)
-    numbers = [rng.randint(1, first_max)]
+    return random_chain(rng, n_terms, (1, first_max), (1, operand_max))
+
+
+def random_chain(
+    rng: random.Random, n_terms: int, first: tuple[int, int], operand: tuple[int, int]
+) -> ArithmeticProblem:
+    """A chain of ``n_terms`` numbers, the first drawn in ``first`` (inclusive bounds), the
+    others in ``operand``, each joined by a random + or -; a subtraction that would go below
+    zero becomes an addition. The draws (first number, then an operator and a number per
+    term) are the generators' contract: the shipped models' splits depend on them."""
+    numbers = [rng.randint(*first)]
     ops: list[str] = []
     acc = numbers[0]
     for _ in range(n_terms - 1):
         op = rng.choice("+-")
-        n = rng.randint(1, operand_max)
+        n = rng.randint(*operand)
         if op == "-" and n > acc:
             op = "+"
         acc = acc + n if op == "+" else acc - n

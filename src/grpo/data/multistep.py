@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from grpo.data.arithmetic import ArithmeticProblem, Split, split_of
+from grpo.data.arithmetic import ArithmeticProblem, Split, random_chain, split_of
 
 __all__ = ["MIN_TERMS", "MAX_TERMS", "generate_problems", "random_problem"]
 
@@ -39,18 +39,8 @@ def random_problem(
     """Every number in 10..99; a subtraction that would go below zero becomes an addition, so
     every intermediate result is non-negative (at most 99 * max_terms)."""
     n_terms = rng.randint(min_terms, max_terms)
-    numbers = [rng.randint(OPERAND_MIN, OPERAND_MAX)]
-    ops: list[str] = []
-    acc = numbers[0]
-    for _ in range(n_terms - 1):
-        op = rng.choice("+-")
-        n = rng.randint(OPERAND_MIN, OPERAND_MAX)
-        if op == "-" and n > acc:
-            op = "+"
-        acc = acc + n if op == "+" else acc - n
-        numbers.append(n)
-        ops.append(op)
-    return ArithmeticProblem(tuple(numbers), tuple(ops))
+    bounds = (OPERAND_MIN, OPERAND_MAX)
+    return random_chain(rng, n_terms, bounds, bounds)
 
 
 def generate_problems(
