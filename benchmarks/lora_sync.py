@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 from vs_trl import CONFIGS, build_model  # noqa: E402
 
 
-def _adapted_policy(model_dir: Path, rank: int, seed: int):
+def _adapted_policy(model_dir: Path, rank: int):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -107,7 +107,7 @@ def main() -> None:
         seed=0,
     )
     max_len = 11 + shape.max_new_tokens
-    model, wrapped = _adapted_policy(model_dir, args.rank, 0)
+    model, wrapped = _adapted_policy(model_dir, args.rank)
     scaling = lora_scaling(2 * args.rank, args.rank)
     inputs = [{"prompt_token_ids": p} for p in prompts]
     results: dict[str, list[tuple[float, float]]] = {}

@@ -288,7 +288,9 @@ def _run_dir_model(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir() and not (path / "config.json").exists():
         final = path / "final"
-        if (final / "config.json").is_file() or (final / "adapter_config.json").is_file():
+        from grpo.train.lora import is_adapter_dir
+
+        if (final / "config.json").is_file() or is_adapter_dir(final):
             return str(final)
         if (path / "metrics.jsonl").is_file() or (path / "summary.json").is_file():
             from grpo.errors import ModelError

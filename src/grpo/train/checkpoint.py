@@ -107,8 +107,10 @@ def _trained_state(run: Any) -> dict[str, Any]:
     (advantage=gae) the critic and its AdamW state."""
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
-    model_sd, optim_sd = get_state_dict(run.model, run.optimizer, options=_options(run))
-    state = {"model": _trainable_only(run, model_sd), "optim": optim_sd}
+    model_sd, optim_sd = get_state_dict(run.model, run.optimizer)
+    if getattr(run, "lora", None) is not None:  # the frozen base is re-read, not saved
+        model_sd = trainable_entries(run.model, model_sd)
+    state = {"model": model_sd, "optim": optim_sd}
     critic = getattr(run, "critic", None)
     if critic is not None:
         state["critic"], state["critic_optim"] = get_state_dict(critic.model, critic.optimizer)
@@ -214,12 +216,11 @@ class CheckpointManager:
         ``run`` (at this run's world size), and return its trainer state (with this rank's
         RNG state under ``rng`` when the checkpoint has one for this rank)."""
         import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_state_dict
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
         problem = checkpoint_problem(path)
         if problem is not None:
             raise ValueError(f"train.resume: the checkpoint {path} is incomplete: {problem}")
-        options = _options(run)
         state = _trained_state(run)
         with _single_process_quiet():
             dcp.load(state, checkpoint_id=str(path))
@@ -228,7 +229,8 @@ class CheckpointManager:
             run.optimizer,
             model_state_dict=state["model"],
             optim_state_dict=state["optim"],
-            options=options,
+            # with LoRA the frozen base is absent from the checkpoint by design
+            options=StateDictOptions(strict=getattr(run, "lora", None) is None),
         )
         critic = getattr(run, "critic", None)
         if critic is not None:
@@ -247,25 +249,13 @@ class CheckpointManager:
         return out
 
 
-def _options(run: Any) -> Any:
-    """DCP state-dict options: with LoRA the frozen base weights stay out of the checkpoint
-    (the adapters and their AdamW state are all that changes)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    lora = getattr(run, "lora", None) is not None
-    # strict=False on load: the frozen base is absent from the checkpoint by design
-    return StateDictOptions(ignore_frozen_params=lora, strict=not lora)
-
-
-def _trainable_only(run: Any, model_sd: dict[str, Any]) -> dict[str, Any]:
-    """With LoRA, the entries of trainable parameters only: ``ignore_frozen_params`` drops a
-    frozen tied weight under one of its names (the embedding) but keeps its alias (the head)."""
-    if getattr(run, "lora", None) is None:
-        return model_sd
-    trainable = {
-        n for n, p in run.model.named_parameters(remove_duplicate=False) if p.requires_grad
-    }
-    return {k: v for k, v in model_sd.items() if k in trainable}
+def trainable_entries(module: torch.nn.Module, state: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``state`` (``module``'s state dict) that are trainable parameters: with
+    LoRA, the adapters. Parameters are listed with their tied aliases, so a frozen tied
+    weight is left out under every name (DCP's ``ignore_frozen_params`` drops the embedding
+    but keeps its alias, the head)."""
+    trainable = {n for n, p in module.named_parameters(remove_duplicate=False) if p.requires_grad}
+    return {k: v for k, v in state.items() if k in trainable}
 
 
 @contextlib.contextmanager

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from grpo.config import ConfigError
-from grpo.train.checkpoint import CheckpointManager, checkpoint_problem
+from grpo.train.checkpoint import CheckpointManager, checkpoint_problem, trainable_entries
 from grpo.train.distributed import SINGLE
 from grpo.train.logprob_pass import PolicyLogprobs
 
@@ -82,8 +82,7 @@ def _export_lora(path: Path, out: str | Path, *, merge: bool) -> Path:
     wrapped = get_peft_model(model, LoraConfig.from_pretrained(str(path / "model")))
     wrapper = PolicyLogprobs(model)
     # the checkpoint holds the trainable tensors only (the adapters)
-    trainable = {n for n, p in wrapper.named_parameters() if p.requires_grad}
-    state = {"model": {k: v for k, v in wrapper.state_dict().items() if k in trainable}}
+    state = {"model": trainable_entries(wrapper, wrapper.state_dict())}
     dcp.load(state, checkpoint_id=str(path))
     wrapper.load_state_dict(state["model"], strict=False)
     if merge:

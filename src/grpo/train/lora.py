@@ -207,7 +207,9 @@ def load_merged(path: str | Path, device: torch.device, *, trust_remote_code: bo
 def base_name_for_adapter(name_or_path: str) -> str:
     """``model.name_or_path`` as an adapter should record it: builtin and hub ids as given, a
     local directory as an absolute path (the run may be evaluated from another directory)."""
-    if name_or_path.startswith("builtin:"):
+    from grpo.train.models import BUILTIN_PREFIX
+
+    if name_or_path.startswith(BUILTIN_PREFIX):
         return name_or_path
     p = Path(name_or_path).expanduser()
     return str(p.resolve()) if p.exists() else name_or_path

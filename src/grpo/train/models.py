@@ -82,7 +82,9 @@ def _check_model_dir(name: str, path: Path) -> None:
         raise ModelError(
             f"{_KEY}: {name} is a file; expected a model directory holding config.json"
         )
-    if (path / "adapter_config.json").is_file():
+    from grpo.train.lora import is_adapter_dir
+
+    if is_adapter_dir(path):
         return  # a LoRA adapter (what grpo train writes in final/ with model.lora_rank > 0)
     if not (path / "config.json").is_file():
         final = path / "final"

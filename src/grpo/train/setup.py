@@ -217,10 +217,11 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     )
     # adapters go in place: a transformers engine sharing ``model`` samples from them
     lora = add_adapters(cfg, model)
+    # without LoRA a frozen copy; with LoRA the policy itself (set below, once wrapped), whose
+    # adapters Run.reference_pass switches off
     reference = None
-    if uses_reference_model(cfg):
-        # LoRA: the reference is the policy with its adapters off (Run.reference_pass)
-        reference = model if lora is not None else frozen_reference(model, compute_dtype)
+    if uses_reference_model(cfg) and lora is None:
+        reference = frozen_reference(model, compute_dtype)
     model.train()
 
     # the trained module is the log-prob pass around the model, on one rank too, so that the
@@ -228,9 +229,9 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     model = PolicyLogprobs(model)
     if world.distributed:
         model = shard(model, world, compute_dtype)
-        if reference is not None and lora is None:
+        if reference is not None:
             reference = shard(PolicyLogprobs(reference), world, compute_dtype)
-    if lora is not None and reference is not None:
+    if lora is not None and uses_reference_model(cfg):
         reference = model
     critic = build_critic(cfg, critic_from, len(tokenizer), world, device, compute_dtype)
     # the policy's schedule spans its own updates: none during the critic's warm-up
