@@ -39,11 +39,12 @@ from transformers import LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_tiny_model import build_model, collate, encode_examples  # noqa: E402
+from make_tiny_model import build_model, encode_examples, next_batch, train_step  # noqa: E402
 
 from grpo.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from grpo.data.multistep import generate_problems  # noqa: E402
 from grpo.rewards.builtin import accuracy, format_reward  # noqa: E402
+from grpo.train.evaluate import pass_at_k  # noqa: E402
 
 MAX_NEW_TOKENS = 80
 
@@ -83,14 +84,8 @@ def score(model, tokenizer, problems, samples: int = 1, batch_rows: int = 256):
 
 
 def pass_at(correct: list[list[float]], k: int) -> float:
-    """Unbiased pass@k (Chen et al. 2021, eq. 1) from n samples with c right per problem."""
-    from math import comb
-
-    total = 0.0
-    for row in correct:
-        n, c = len(row), int(sum(row))
-        total += 1.0 - (comb(n - c, k) / comb(n, k) if n - c >= k else 0.0)
-    return total / len(correct)
+    """Mean unbiased pass@k over problems, from each problem's per-sample correctness."""
+    return sum(pass_at_k(len(row), int(sum(row)), k) for row in correct) / len(correct)
 
 
 def evaluate(model, tokenizer, problems, samples: int) -> dict[str, float]:
@@ -168,18 +163,8 @@ def main() -> None:
     order: list[int] = []
     curve = []
     for step in range(args.steps):
-        if len(order) < args.batch_size:
-            order = list(range(len(data)))
-            rng.shuffle(order)
-        batch = [data[order.pop()] for _ in range(args.batch_size)]
-        ids, labels, attn = collate(batch, tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        batch = next_batch(data, order, rng, args.batch_size)
+        loss = train_step(model, opt, sched, batch, tokenizer.pad_token_id)
         if step % 50 == 0 or step == args.steps - 1:
             print(f"step {step:5d} loss {loss.item():.4f} {time.time() - t0:6.1f}s", flush=True)
         if args.eval_every and (step + 1) % args.eval_every == 0 and step + 1 < args.steps:

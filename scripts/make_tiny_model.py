@@ -87,6 +87,28 @@ def collate(batch, pad_id: int):
 
 
 @torch.no_grad()
+def next_batch(data: list, order: list[int], rng: random.Random, size: int) -> list:
+    """The next ``size`` examples of a shuffled pass over ``data``; ``order`` holds the pass's
+    remaining indices (refilled and reshuffled when fewer than ``size`` are left)."""
+    if len(order) < size:
+        order[:] = list(range(len(data)))
+        rng.shuffle(order)
+    return [data[order.pop()] for _ in range(size)]
+
+
+def train_step(model, opt, sched, batch, pad_id: int) -> torch.Tensor:
+    """One supervised step on ``batch`` (bf16 autocast, grad norm clipped to 1); the loss."""
+    ids, labels, attn = collate(batch, pad_id)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    return loss
+
+
 def greedy_accuracy(model, tokenizer, problems, prefix: str = "", batch_size: int = 256):
     """Greedy accuracy on ``problems``; ``prefix`` forces the start of the completion."""
     model.eval()
@@ -160,18 +182,8 @@ def main() -> None:
             print(f"step {step}: end of stage 1, held-out greedy accuracy {acc1:.1%}")
             data, order = mixed_data, []
             print(f"step {step}: stage 2, {args.worked_frac:.0%} of targets show working")
-        if len(order) < args.batch_size:
-            order = list(range(len(data)))
-            rng.shuffle(order)
-        batch = [data[order.pop()] for _ in range(args.batch_size)]
-        ids, labels, attn = collate(batch, tokenizer.pad_token_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        batch = next_batch(data, order, rng, args.batch_size)
+        loss = train_step(model, opt, sched, batch, tokenizer.pad_token_id)
         if step % 250 == 0 or step == args.steps - 1:
             print(
                 f"step {step:5d} loss {loss.item():.4f} lr {sched.get_last_lr()[0]:.2e} "

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -130,6 +131,16 @@ def generate_problems(
     if split not in _SPLIT_BUCKETS:
         raise ValueError(f"unknown split {split!r}; expected one of {sorted(_SPLIT_BUCKETS)}")
     rng = random.Random(seed * 7919 + _SEED_OFFSET[split])
+    return draw_distinct(
+        split, count, lambda: _random_problem(rng, min_terms, max_terms, first_max, operand_max)
+    )
+
+
+def draw_distinct(
+    split: Split, count: int, draw: Callable[[], ArithmeticProblem]
+) -> list[ArithmeticProblem]:
+    """``count`` distinct problems of ``split`` from repeated ``draw()`` calls: a draw whose
+    text was seen, or that hashes to another split, is skipped."""
     seen: set[str] = set()
     out: list[ArithmeticProblem] = []
     attempts = 0
@@ -137,7 +148,7 @@ def generate_problems(
         attempts += 1
         if attempts > 1000 * count + 10_000:
             raise RuntimeError(f"could not draw {count} distinct {split} problems")
-        p = _random_problem(rng, min_terms, max_terms, first_max, operand_max)
+        p = draw()
         expr = p.expression
         if expr in seen or split_of(expr) != split:
             continue

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-from grpo.data.arithmetic import ArithmeticProblem, Split, random_chain, split_of
+from grpo.data.arithmetic import ArithmeticProblem, Split, draw_distinct, random_chain
 
 __all__ = ["MIN_TERMS", "MAX_TERMS", "generate_problems", "random_problem"]
 
@@ -57,17 +57,4 @@ def generate_problems(
     if not 2 <= min_terms <= max_terms:
         raise ValueError(f"need 2 <= min_terms <= max_terms, got {min_terms}, {max_terms}")
     rng = random.Random(seed * 7919 + _SEED_OFFSET[split])
-    seen: set[str] = set()
-    out: list[ArithmeticProblem] = []
-    attempts = 0
-    while len(out) < count:
-        attempts += 1
-        if attempts > 1000 * count + 10_000:
-            raise RuntimeError(f"could not draw {count} distinct {split} problems")
-        p = random_problem(rng, min_terms, max_terms)
-        expr = p.expression
-        if expr in seen or split_of(expr) != split:
-            continue
-        seen.add(expr)
-        out.append(p)
-    return out
+    return draw_distinct(split, count, lambda: random_problem(rng, min_terms, max_terms))
