@@ -120,6 +120,9 @@ def build_critic(
             f"policy's {vocab_size}; the critic reads the policy's token ids",
             hint="give a critic with the policy's tokenizer, or leave critic.name_or_path empty",
         )
+    from grpo.train.models import set_attention
+
+    set_attention(lm, cfg.model.attn_implementation)
     body = lm.base_model
     if cfg.model.gradient_checkpointing:
         body.gradient_checkpointing_enable()

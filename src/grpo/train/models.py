@@ -194,17 +194,27 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False):
 
 
 def load_policy(
-    path: str, device: torch.device, *, trust_remote_code: bool = False
+    path: str,
+    device: torch.device,
+    *,
+    trust_remote_code: bool = False,
+    attn_implementation: str = "auto",
 ) -> PreTrainedModel:
     """The trained model, with fp32 master weights (compute runs under bf16 autocast). A LoRA
-    adapter directory loads as its base model with the adapter merged in."""
+    adapter directory loads as its base model with the adapter merged in.
+
+    ``attn_implementation``: auto loads transformers' default and, on CPU, switches SDPA to
+    the matmul attention of training passes (train/cpu_attention.py); any other value is
+    passed to transformers as it is."""
     from grpo.train.lora import is_adapter_dir, load_merged
 
     if is_adapter_dir(path):
-        return load_merged(path, device, trust_remote_code=trust_remote_code)
+        model = load_merged(path, device, trust_remote_code=trust_remote_code)
+        return set_attention(model, attn_implementation)
+    kw = {} if attn_implementation == "auto" else {"attn_implementation": attn_implementation}
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=torch.float32, trust_remote_code=trust_remote_code
+            path, dtype=torch.float32, trust_remote_code=trust_remote_code, **kw
         )
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         if isinstance(e, torch.OutOfMemoryError):
@@ -214,7 +224,18 @@ def load_policy(
             hint="the directory needs config.json and the weights (model.safetensors), as "
             "save_pretrained writes them, for a causal LM architecture",
         ) from e
-    return model.to(device)
+    return set_attention(model.to(device), attn_implementation)
+
+
+def set_attention(model: PreTrainedModel, attn_implementation: str) -> PreTrainedModel:
+    """``model.attn_implementation`` applied to a loaded model (see :func:`load_policy`)."""
+    if attn_implementation == "auto":
+        from grpo.train.cpu_attention import use_cpu_training_attention
+
+        use_cpu_training_attention(model)
+    elif model.config._attn_implementation != attn_implementation:
+        model.set_attn_implementation(attn_implementation)
+    return model
 
 
 def _first_line(e: BaseException) -> str:
