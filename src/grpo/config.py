@@ -48,6 +48,11 @@ class ModelConfig:
         "compute precision: auto (bf16 where the hardware has it), bfloat16, float32",
     )
     gradient_checkpointing: bool = _f(False, "recompute activations in backward to save memory")
+    attn_implementation: str = _f(
+        "auto",
+        "attention kernel: auto (SDPA; on CPU, matmul attention where a gradient is needed), "
+        "or a transformers name: sdpa, eager, flash_attention_2, ...",
+    )
     trust_remote_code: bool = _f(False, "allow model code from the model's repository")
     lora_rank: int = _f(
         0, "LoRA rank r (peft; needs grpo[lora]); 0 trains every weight (full fine-tuning)"
@@ -196,8 +201,10 @@ class TrainConfig:
     )
     batch_size: int = _f(64, "completions per step (prompts per step = batch_size / group_size)")
     micro_batch_size: int = _f(64, "most sequences per forward/backward pass")
-    micro_batch_tokens: int = _f(
-        0, "token budget per pass (rows x padded width), rows packed by length; 0: by rows only"
+    micro_batch_tokens: int | str = _f(
+        "auto",
+        "token budget per pass (rows x padded width), rows packed by length; 0: by rows only; "
+        "auto: from free memory, and on a CPU at most the pass size that runs fastest there",
     )
     seed: int = _f(0, "random seed for sampling, shuffling and the built-in task")
     output_dir: str = _f("runs/{timestamp}", "run directory; {timestamp} is filled in")
@@ -215,6 +222,16 @@ class TrainConfig:
         False, "bit-identical reruns on CPU: deterministic kernels, fixed threads (slower)"
     )
     threads: int = _f(0, "torch CPU threads; 0 keeps torch's default")
+    reuse_freed_memory: bool = _f(
+        True,
+        "glibc: keep freed memory for reuse instead of unmapping it (fewer page faults in CPU "
+        "training; the resident size stays at its peak)",
+    )
+    compile: str = _f(
+        "auto",
+        "torch.compile the decoder layers: auto (on for one CPU process with a C++ compiler and "
+        "the vLLM engine, not with train.deterministic), true, false",
+    )
     time_limit_minutes: float = _f(0.0, "stop training early after this wall time; 0: none")
 
 
@@ -299,6 +316,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm.kl_estimator": ("k1", "k2", "k3"),
     "algorithm.policy_loss": ("ppo_clip", "gspo", "cispo"),
     "rollout.replay_sampling_mask": ("auto", "true", "false"),
+    "train.compile": ("auto", "true", "false"),
     "algorithm.loss_aggregation": (
         "grpo",
         "bnpo",
@@ -340,6 +358,7 @@ def load_config(
     except OmegaConfBaseException as e:
         raise ConfigError(_describe(e)) from e
     obj.rollout.replay_sampling_mask = str(obj.rollout.replay_sampling_mask).lower()
+    obj.train.compile = str(obj.train.compile).lower()
     validate(obj)
     a = obj.algorithm
     # the resolved values go into config.yaml, so a run records the clip range it used
@@ -426,7 +445,6 @@ def validate(cfg: GRPOConfig) -> None:
         "rollout.top_k": r.top_k,
         "train.eval_every": t.eval_every,
         "train.threads": t.threads,
-        "train.micro_batch_tokens": t.micro_batch_tokens,
         "rollout.max_model_len": r.max_model_len,
         "train.time_limit_minutes": t.time_limit_minutes,
         "train.epochs": t.epochs,
@@ -445,6 +463,11 @@ def validate(cfg: GRPOConfig) -> None:
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"key '{key}': must be >= 0, got {value}")
+    mbt = t.micro_batch_tokens
+    if mbt != "auto" and (isinstance(mbt, bool) or not isinstance(mbt, int) or mbt < 0):
+        raise ConfigError(
+            f"key 'train.micro_batch_tokens': must be auto or a token count >= 0, got {mbt!r}"
+        )
     if a.group_size < 2:
         raise ConfigError(
             "key 'algorithm.group_size': GRPO needs at least 2 completions per prompt to "

@@ -55,6 +55,7 @@ def _run(model, reference, *overrides: str):
             "rollout.temperature=0.9",
             "optim.max_grad_norm=0",  # no clipping: the raw gradient is compared
             "model.dtype=float32",
+            "train.micro_batch_tokens=0",  # the tests plan their micro-batches themselves
             *overrides,
         ],
     )

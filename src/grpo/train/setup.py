@@ -23,7 +23,9 @@ from grpo.rollout.base import RolloutEngine
 from grpo.rollout.factory import make_engine
 from grpo.train import lora as lora_lib
 from grpo.train import run_dir as run_dir_lib
+from grpo.train.allocator import reuse_freed_memory
 from grpo.train.checkpoint import CheckpointManager, read_manifest
+from grpo.train.compile_layers import compile_decoder_layers, compile_wanted
 from grpo.train.critic import Critic, build_critic, critic_path
 from grpo.train.distributed import SINGLE, World, broadcast_object
 from grpo.train.logprob_pass import PolicyLogprobs
@@ -32,6 +34,7 @@ from grpo.train.preflight import preflight
 from grpo.train.run_log import RunLog
 from grpo.train.sharding import checkpoint_name, full_weights, is_sharded, shard
 from grpo.train.timing import PhaseTimer
+from grpo.train.token_budget import free_memory_bytes
 from grpo.train.trackers import Trackers, check_trackers_available, make_trackers
 
 
@@ -67,6 +70,8 @@ class Run:
     timer: PhaseTimer = field(default_factory=PhaseTimer)
     lora: Any = None  # the peft wrapper of the policy when model.lora_rank > 0
     critic: Critic | None = None  # advantage = gae: the value model and its optimizer
+    # memory free once set up (bytes): train.micro_batch_tokens = auto sizes passes from it
+    free_memory: int = 0
 
     def reference_pass(self) -> contextlib.AbstractContextManager[None]:
         """The block in which ``reference`` computes the reference log-probs: with LoRA the
@@ -138,6 +143,8 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     seed_everything(cfg.train.seed)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.reuse_freed_memory:
+        reuse_freed_memory()
 
     check_trackers_available(list(cfg.log.trackers))  # a missing extra fails before any model
     # rewards, data, tokenizer, model path and output directory, checked before anything heavy
@@ -183,7 +190,12 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     critic_from = critic_path(cfg, path) if cfg.algorithm.advantage == "gae" else ""
 
     device = world.device()
-    model = load_policy(path, device, trust_remote_code=cfg.model.trust_remote_code)
+    model = load_policy(
+        path,
+        device,
+        trust_remote_code=cfg.model.trust_remote_code,
+        attn_implementation=cfg.model.attn_implementation,
+    )
     compute_dtype = autocast_dtype(cfg.model.dtype, device)
     # With several ranks the policy is sharded, so the transformers engine generates from an
     # unsharded inference copy that receives the full weights after every step
@@ -223,6 +235,16 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     if uses_reference_model(cfg) and lora is None:
         reference = frozen_reference(model, compute_dtype)
     model.train()
+    if compile_wanted(
+        cfg.train.compile,
+        device=device,
+        distributed=world.distributed,
+        deterministic=cfg.train.deterministic,
+        engine_runs_policy=getattr(engine, "model", None) is model,
+    ):
+        compile_decoder_layers(model)
+        if reference is not None:
+            compile_decoder_layers(reference)
 
     # the trained module is the log-prob pass around the model, on one rank too, so that the
     # checkpoints of 1 and N ranks name the weights alike (lm.*) and load into each other
@@ -268,6 +290,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         lock=lock,
         lora=lora,
         critic=critic,
+        free_memory=free_memory_bytes(device),
     )
 
 

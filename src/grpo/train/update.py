@@ -31,11 +31,25 @@ from grpo.train.batch import RolloutBatch
 from grpo.train.critic import critic_values
 from grpo.train.distributed import SINGLE, World, all_reduce, all_reduce_floats
 from grpo.train.logprob_pass import completion_logprobs
+from grpo.train.token_budget import auto_token_budget, balanced_rows
 
 
 def micro_plan(run: Any, batch: RolloutBatch) -> list[torch.Tensor]:
+    """Row indices of each forward/backward pass: at most ``train.micro_batch_size`` rows and,
+    with a token budget, rows packed by length under it (auto: train/token_budget.py)."""
     t = run.cfg.train
-    return batch.plan(max_rows=t.micro_batch_size, max_tokens=t.micro_batch_tokens)
+    rows, tokens = t.micro_batch_size, t.micro_batch_tokens
+    if tokens == "auto":
+        width = batch.input_ids.shape[1]
+        tokens = auto_token_budget(
+            run.hf_model.config,
+            getattr(run, "world", SINGLE).device(),
+            run.free_memory,
+            seq_len=width,
+            checkpointing=run.cfg.model.gradient_checkpointing,
+        )
+        rows = min(rows, balanced_rows(batch.num_rows, width, tokens))
+    return batch.plan(max_rows=rows, max_tokens=tokens)
 
 
 def filler(batch: RolloutBatch) -> RolloutBatch:
