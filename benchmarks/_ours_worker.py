@@ -25,7 +25,6 @@ def config_overrides(spec: dict, engine: str) -> list[str]:
     return [
         f"model.name_or_path={spec['model_dir']}",
         f"model.dtype={'auto' if spec['bf16'] else 'float32'}",
-        "model.gradient_checkpointing=false",
         "data.task=file",
         f"data.train_path={spec['prompts_path']}",
         f"rollout.engine={engine}",
@@ -54,7 +53,12 @@ def config_overrides(spec: dict, engine: str) -> list[str]:
         "train.save_final=false",
         "log.progress_bar=false",
         "log.plot=false",
-    ]
+    ] + (
+        # None keeps our default
+        []
+        if spec.get("gradient_checkpointing") is None
+        else [f"model.gradient_checkpointing={str(spec['gradient_checkpointing']).lower()}"]
+    )
 
 
 def main() -> None:
@@ -110,6 +114,7 @@ def main() -> None:
         "train_dtype": dtype_name,
         "master_weights": "float32",
         "threads": torch.get_num_threads(),
+        "gradient_checkpointing": cfg.model.gradient_checkpointing,
         "versions": {
             "torch": torch.__version__,
             "transformers": _version("transformers"),

@@ -51,7 +51,12 @@ def main() -> None:
         output_dir=spec["work_dir"],
         use_cpu=True,
         bf16=spec["bf16"],
-        gradient_checkpointing=False,
+        # None keeps TRL's default (on in TRL 1.16: GRPOConfig sets it True)
+        **(
+            {}
+            if spec.get("gradient_checkpointing") is None
+            else {"gradient_checkpointing": spec["gradient_checkpointing"]}
+        ),
         # one optimizer step = one generation of batch_size completions, trained in
         # batch_size / micro_batch_size accumulated micro-batches
         per_device_train_batch_size=spec["micro_batch_size"],
@@ -130,6 +135,7 @@ def main() -> None:
     if engine == "vllm":
         llm = trainer.vllm_generation.llm
         gen_dtype = str(llm.llm_engine.model_config.dtype).removeprefix("torch.")
+    gradient_checkpointing = bool(trainer.args.gradient_checkpointing)
     started = time.perf_counter()
     trainer.train()
 
@@ -155,6 +161,7 @@ def main() -> None:
         "train_dtype": train_dtype,
         "master_weights": str(trainer.model.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
+        "gradient_checkpointing": gradient_checkpointing,
         "versions": {
             "torch": torch.__version__,
             "transformers": _version("transformers"),

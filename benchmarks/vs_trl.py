@@ -338,6 +338,7 @@ class Trial:
     train_dtype: str
     versions: dict[str, str | None]
     threads: int
+    gradient_checkpointing: bool | None
 
 
 def summarise(result: dict, warmup: int, child: ChildRun) -> Trial:
@@ -375,6 +376,7 @@ def summarise(result: dict, warmup: int, child: ChildRun) -> Trial:
         train_dtype=result["train_dtype"],
         versions=result["versions"],
         threads=result["threads"],
+        gradient_checkpointing=result.get("gradient_checkpointing"),
     )
 
 
@@ -415,6 +417,7 @@ def combine(ts: list[Trial]) -> dict:
         "train_dtype": ts[0].train_dtype,
         "versions": ts[0].versions,
         "threads": ts[0].threads,
+        "gradient_checkpointing": ts[0].gradient_checkpointing,
     }
 
 
@@ -435,6 +438,7 @@ def report(
         "peak RSS MiB",
         "roofline",
         "gen / train dtype",
+        "grad. ckpt",
         "per-step phases (s, medians)",
         "s/step of each run",
     ]
@@ -450,6 +454,7 @@ def report(
                 f"{m['peak_rss_mib']:.0f}",
                 f"{100 * roof / m['sec_per_step']:.1f}%",
                 f"{m['generate_dtype']} / {m['train_dtype']}",
+                {True: "on", False: "off", None: "?"}[m["gradient_checkpointing"]],
                 ", ".join(f"{k} {v:.3f}" for k, v in m["phases"].items()),
                 ", ".join(f"{x:.3f}" for x in m["sec_per_step_runs"]),
             ]
@@ -582,6 +587,13 @@ def main() -> None:
     ap.add_argument(
         "--micro-batch", type=int, default=None, help="sequences per forward/backward (whole batch)"
     )
+    ap.add_argument(
+        "--gradient-checkpointing",
+        choices=("default", "on", "off"),
+        default="default",
+        help="both trainers: default keeps each one's own default (TRL: on; ours: see the "
+        "config), on/off forces it",
+    )
     ap.add_argument("--fp32", action="store_true", help="both trainers in fp32 instead of bf16")
     ap.add_argument("--gemm-seconds", type=float, default=3.0, help="per dtype, before the runs")
     ap.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the children")
@@ -643,6 +655,9 @@ def main() -> None:
         "seed": args.seed,
         "steps": args.warmup + args.steps,
         "bf16": not args.fp32,
+        "gradient_checkpointing": {"default": None, "on": True, "off": False}[
+            args.gradient_checkpointing
+        ],
     }
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
     env.pop("VIRTUAL_ENV", None)
