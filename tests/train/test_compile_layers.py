@@ -3,6 +3,8 @@ compute the eager model's log-probs and gradients without recompiling for every 
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -21,7 +23,8 @@ def test_decoder_layers_are_the_repeated_blocks(tiny_model, tiny_gpt2):
 
 def test_compile_wanted():
     plain = dict(device=CPU, distributed=False, deterministic=False, engine_runs_policy=False)
-    assert compile_wanted("auto", **plain)  # g++ is on PATH here (inductor needs it)
+    has_compiler = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    assert compile_wanted("auto", **plain) == has_compiler  # inductor's CPU code is C++
     assert not compile_wanted("auto", **(plain | {"distributed": True}))
     assert not compile_wanted("auto", **(plain | {"deterministic": True}))
     assert not compile_wanted("auto", **(plain | {"engine_runs_policy": True}))
