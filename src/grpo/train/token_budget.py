@@ -17,7 +17,8 @@ Two limits, the smaller wins:
   2.18 GB (13 rows) at the same speed (docs/benchmarks.md).
 
 The micro-batch plan (RolloutBatch.plan) packs rows by length under the budget; the loss's
-normaliser is the whole batch's, so the split never changes the gradient.
+normaliser is the whole batch's, so the split does not change the gradient, except under
+aggregation "bnpo", which is a token mean per micro-batch by definition.
 """
 
 from __future__ import annotations
