@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,10 @@ def test_default_training_runs_and_writes_the_run_directory(tmp_path, capsys):
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["steps"] == 3 and 0 <= summary["accuracy_after"] <= 1
+    if any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+        # the shipped 4M model on a CPU: auto decodes with the compiled static cache (faster
+        # than vLLM's CPU engine there), vLLM installed or not
+        assert summary["engine"] == "TransformersEngine" and summary["static_decode"] is True
     assert summary["completion_tokens"] > 0
 
     # the final model loads with plain transformers, and training changed its weights

@@ -31,6 +31,7 @@ SMALL = [
     "log.progress_bar=false",
     "log.plot=false",
     "rollout.engine=transformers",
+    "rollout.static_decode=false",  # the eager engine: no compile time per test
     "rollout.max_new_tokens=8",
 ]
 ARITH = ["data.num_train_prompts=16"]  # the built-in task, small

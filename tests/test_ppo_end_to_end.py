@@ -51,6 +51,7 @@ def test_gae_run_writes_the_critic_metrics(tmp_path):
     args = [
         "algorithm.advantage=gae",
         "rollout.engine=transformers",
+        "rollout.static_decode=false",  # the eager engine: no compile time per test
         "train.steps=3",
         "train.eval_every=0",
         "train.batch_size=16",
@@ -135,6 +136,7 @@ def test_ppo_learns_the_builtin_task(tmp_path):
     args = [
         "algorithm.advantage=gae",
         "rollout.engine=transformers",
+        "rollout.static_decode=false",  # the eager engine: no compile time per test
         "train.steps=8",
         "train.eval_every=0",
         "data.num_eval_prompts=8",

@@ -27,6 +27,7 @@ def tiny_args(model_dir: Path, *extra: str) -> list[str]:
     return [
         f"model.name_or_path={model_dir}",
         "rollout.engine=transformers",
+        "rollout.static_decode=false",  # the eager engine: no compile time per test
         "model.dtype=float32",
         "data.num_train_prompts=12",  # 6 steps of 2 prompts = one pass
         "data.num_eval_prompts=4",

@@ -41,6 +41,7 @@ def test_six_steps_reach_tensorboard_and_wandb(tmp_path, monkeypatch):
             "log.plot=false",
             "train.save_final=false",
             "rollout.engine=transformers",
+            "rollout.static_decode=false",  # the eager engine: no compile time per test
             "log.trackers=[tensorboard,wandb]",
             "log.wandb_project=grpo-tests",
             f"train.output_dir={run}",

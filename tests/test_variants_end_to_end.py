@@ -22,6 +22,7 @@ BASE = [
     "log.plot=false",
     "train.save_final=false",
     "rollout.engine=transformers",
+    "rollout.static_decode=false",  # the eager engine: no compile time per test
 ]
 
 

@@ -83,7 +83,11 @@ class DataConfig:
 
 @dataclass
 class RolloutConfig:
-    engine: str = _f("auto", "generation engine: auto (vLLM if installed), vllm, transformers")
+    engine: str = _f(
+        "auto",
+        "generation engine: auto (vLLM if installed, but transformers with static decoding for "
+        "models under 12M parameters on CPU), vllm, transformers",
+    )
     temperature: float = _f(1.0, "sampling temperature (> 0)")
     top_p: float = _f(1.0, "nucleus sampling threshold; 1 disables")
     top_k: int = _f(0, "top-k sampling; 0 disables")
@@ -96,6 +100,13 @@ class RolloutConfig:
     )
     max_model_len: int = _f(0, "vLLM: prompt + completion tokens; 0: longest prompt + limit")
     vllm_enforce_eager: bool = _f(False, "vLLM: no compilation / CUDA graphs (faster start)")
+    static_decode: str = _f(
+        "auto",
+        "transformers engine: decode from a copy of the policy in the compute dtype with a "
+        "preallocated KV cache and a compiled one-token step: auto (on for one CPU process with "
+        "a C++ compiler, not with train.deterministic), true, false (sample from the policy "
+        "module itself, eager)",
+    )
     replay_sampling_mask: str = _f(
         "auto",
         "trainer log-probs over the top-k/top-p kept set the sampler drew from: auto (on when "
@@ -229,8 +240,9 @@ class TrainConfig:
     )
     compile: str = _f(
         "auto",
-        "torch.compile the decoder layers: auto (on for one CPU process with a C++ compiler and "
-        "the vLLM engine, not with train.deterministic), true, false",
+        "torch.compile the decoder layers: auto (on for one CPU process with a C++ compiler, "
+        "unless the engine samples from the policy module itself or train.deterministic), "
+        "true, false",
     )
     time_limit_minutes: float = _f(0.0, "stop training early after this wall time; 0: none")
 
@@ -317,6 +329,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "algorithm.policy_loss": ("ppo_clip", "gspo", "cispo"),
     "rollout.replay_sampling_mask": ("auto", "true", "false"),
     "train.compile": ("auto", "true", "false"),
+    "rollout.static_decode": ("auto", "true", "false"),
     "algorithm.loss_aggregation": (
         "grpo",
         "bnpo",
@@ -359,6 +372,7 @@ def load_config(
         raise ConfigError(_describe(e)) from e
     obj.rollout.replay_sampling_mask = str(obj.rollout.replay_sampling_mask).lower()
     obj.train.compile = str(obj.train.compile).lower()
+    obj.rollout.static_decode = str(obj.rollout.static_decode).lower()
     validate(obj)
     a = obj.algorithm
     # the resolved values go into config.yaml, so a run records the clip range it used

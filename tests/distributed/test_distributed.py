@@ -48,6 +48,7 @@ def test_update_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
 
 SAME_SEED = [
     "rollout.engine=transformers",
+    "rollout.static_decode=false",  # the eager engine: no compile time per test
     "model.dtype=float32",
     "train.steps=2",
     "log.samples_per_step=64",
@@ -134,6 +135,7 @@ def test_a_failing_rank_ends_the_job(tmp_path, how):
             "grpo",
             "train",
             "rollout.engine=transformers",
+            "rollout.static_decode=false",  # the eager engine: no compile time per test
             "train.steps=50",
             "train.eval_every=0",
             "data.num_eval_prompts=4",
@@ -168,6 +170,7 @@ def test_a_two_rank_run_killed_mid_way_resumes_on_one_rank(tiny_model_dir, tmp_p
     args = [
         f"model.name_or_path={tiny_model_dir}",
         "rollout.engine=transformers",
+        "rollout.static_decode=false",  # the eager engine: no compile time per test
         "model.dtype=float32",
         "data.num_train_prompts=16",
         "data.num_eval_prompts=4",

@@ -27,6 +27,7 @@ def test_gae_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
         "algorithm.advantage=gae",
         "critic.lr=3e-3",
         "rollout.engine=transformers",
+        "rollout.static_decode=false",  # the eager engine: no compile time per test
         "model.dtype=float32",
         "data.num_train_prompts=16",
         "data.num_eval_prompts=4",

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.slow
 
 SHORT = [
     "rollout.engine=transformers",
+    "rollout.static_decode=false",  # the eager engine: no compile time per test
     "train.eval_every=0",
     "train.steps=2",
     "train.seed=0",

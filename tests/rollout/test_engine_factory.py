@@ -13,7 +13,7 @@ from grpo.rollout.factory import ENGINE_KINDS, make_engine
 from grpo.rollout.transformers_engine import TransformersEngine
 
 
-def _make(kind: str, model, tokenizer, path: str):
+def _make(kind: str, model, tokenizer, path: str, **kw):
     return make_engine(
         kind,
         model=model,
@@ -24,6 +24,7 @@ def _make(kind: str, model, tokenizer, path: str):
         vllm_memory_fraction=0.1,
         max_model_len=128,
         seed=0,
+        **kw,
     )
 
 
@@ -94,3 +95,23 @@ def test_auto_says_why_vllm_was_tried_when_it_cannot_serve_the_model(
     expected = r"auto chose vLLM.*FancyForCausalLM.*rollout.engine=transformers"
     with pytest.raises(ModelError, match=expected):
         _make("auto", tiny_model, tokenizer, str(tiny_model_dir))
+
+
+def test_auto_takes_static_transformers_for_small_models_on_cpu(
+    tiny_model, tokenizer, tiny_model_dir, monkeypatch
+) -> None:
+    """With vLLM installed, auto still picks the transformers engine's static decoding for a
+    model under STATIC_DECODE_MAX_PARAMS (decode overhead dominates there), and vLLM for a
+    larger one or where static decoding is off."""
+    from grpo.rollout import factory
+
+    monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
+    small = factory.decode_parameters(tiny_model)
+    embed = tiny_model.get_input_embeddings().weight.numel()
+    assert small == sum(p.numel() for p in tiny_model.parameters()) - embed  # tied head once
+    engine = _make("auto", tiny_model, tokenizer, str(tiny_model_dir), static_decode=True)
+    assert isinstance(engine, TransformersEngine) and engine.static_decode
+    assert factory.resolve_engine_kind("auto", model=tiny_model, static_decode=False) == "vllm"
+    monkeypatch.setattr(factory, "STATIC_DECODE_MAX_PARAMS", small)  # now "too large"
+    assert factory.resolve_engine_kind("auto", model=tiny_model, static_decode=True) == "vllm"
+    assert factory.resolve_engine_kind("transformers", model=tiny_model) == "transformers"

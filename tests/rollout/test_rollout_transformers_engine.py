@@ -1,6 +1,11 @@
-"""TransformersEngine on the real tiny Llama: order, greedy decoding, stops, seeds, chunking."""
+"""TransformersEngine on the real tiny Llama: order, greedy decoding, stops, seeds, chunking;
+the decoding tests run with the growing cache and with static decoding (a preallocated cache and
+a compiled step), which must give the same tokens."""
 
 from __future__ import annotations
+
+import functools
+import shutil
 
 import pytest
 import torch
@@ -15,6 +20,18 @@ from grpo.rollout.transformers_engine import (
 )
 
 PROMPTS = ["Q: 12+7\n", "Hello", "<think>", "a", "Q: 99-45+3\n"]
+
+HAS_COMPILER = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+
+
+@pytest.fixture(params=["growing-cache", "static-decode"])
+def make(request):
+    """TransformersEngine with either decoding path. Static decoding compiles with inductor,
+    whose CPU backend needs a C++ compiler (CI has g++)."""
+    static = request.param == "static-decode"
+    if static and not HAS_COMPILER:
+        pytest.skip("static decoding compiles C++ with inductor: no g++/c++/clang++ on PATH")
+    return functools.partial(TransformersEngine, static_decode=static)
 
 
 @pytest.fixture
@@ -63,12 +80,12 @@ def test_n_completions_per_prompt_in_order(tiny_model, tokenizer, prompt_ids):
     assert len({tuple(g[0].token_ids) for g in out}) == len(PROMPTS)
 
 
-def test_greedy_equals_manual_loop(any_tiny_model, tokenizer, prompt_ids):
+def test_greedy_equals_manual_loop(any_tiny_model, tokenizer, prompt_ids, make):
     """Left-padded batched generation with a KV cache = one unpadded prompt at a time.
 
     Also on GPT-2, whose absolute positions would expose wrong position ids for padded rows."""
     model = any_tiny_model
-    engine = TransformersEngine(model, tokenizer)
+    engine = make(model, tokenizer)
     out = engine.generate(prompt_ids, greedy(max_new_tokens=16))
     for (c,), ids in zip(out, prompt_ids, strict=True):
         want = manual_greedy(model, ids, 16, engine.eos_ids)
@@ -87,13 +104,13 @@ def test_engine_restores_training_mode(tiny_model, tokenizer, prompt_ids):
     assert tiny_model.training is True
 
 
-def test_eos_stops_with_reason_stop(tiny_model, tokenizer, prompt_ids):
+def test_eos_stops_with_reason_stop(tiny_model, tokenizer, prompt_ids, make):
     """Make the 4th greedy token of prompt 0 the EOS id: that row stops there, others run on."""
     free = manual_greedy(tiny_model, prompt_ids[0], 12, set())
     eos = free[3]
     assert eos not in free[:3]
     tiny_model.generation_config.eos_token_id = eos
-    engine = TransformersEngine(tiny_model, tokenizer)
+    engine = make(tiny_model, tokenizer)
     assert engine.eos_ids == {eos}
     out = engine.generate(prompt_ids, greedy())
     first = out[0][0]
@@ -108,8 +125,8 @@ def test_eos_stops_with_reason_stop(tiny_model, tokenizer, prompt_ids):
             assert len(c.token_ids) == 12
 
 
-def test_sampled_rows_end_at_eos_or_length(tiny_model, tokenizer, prompt_ids):
-    engine = TransformersEngine(tiny_model, tokenizer)
+def test_sampled_rows_end_at_eos_or_length(tiny_model, tokenizer, prompt_ids, make):
+    engine = make(tiny_model, tokenizer)
     eos = tokenizer.eos_token_id
     assert engine.eos_ids == {eos}
     out = engine.generate(prompt_ids, SamplingSettings(n=8, max_new_tokens=24, seed=7))
@@ -124,11 +141,11 @@ def test_sampled_rows_end_at_eos_or_length(tiny_model, tokenizer, prompt_ids):
     assert "length" in reasons
 
 
-def test_ignore_eos_gives_max_new_tokens_everywhere(tiny_model, tokenizer, prompt_ids):
+def test_ignore_eos_gives_max_new_tokens_everywhere(tiny_model, tokenizer, prompt_ids, make):
     free = manual_greedy(tiny_model, prompt_ids[0], 12, set())
     eos = free[1]  # greedy would stop at the second token
     tiny_model.generation_config.eos_token_id = eos
-    engine = TransformersEngine(tiny_model, tokenizer)
+    engine = make(tiny_model, tokenizer)
     out = engine.generate(prompt_ids, greedy(n=2, ignore_eos=True))
     for g in out:
         for c in g:
@@ -139,7 +156,7 @@ def test_ignore_eos_gives_max_new_tokens_everywhere(tiny_model, tokenizer, promp
     assert all(len(c.token_ids) == 9 for g in sampled for c in g)
 
 
-def test_stop_string_cuts_right_after_match(tiny_model, tokenizer, prompt_ids):
+def test_stop_string_cuts_right_after_match(tiny_model, tokenizer, prompt_ids, make):
     # greedy continuation of "Hello" begins "7nn_4_4vAV88"; stop at the first "_4"
     free = manual_greedy(tiny_model, prompt_ids[1], 16, set())
     pieces = [tokenizer.decode([t], skip_special_tokens=True) for t in free]
@@ -149,7 +166,7 @@ def test_stop_string_cuts_right_after_match(tiny_model, tokenizer, prompt_ids):
     end = text.index(stop) + len(stop)
     # the shortest token prefix whose text reaches `end`
     k = next(i + 1 for i in range(len(free)) if len("".join(pieces[: i + 1])) >= end)
-    engine = TransformersEngine(tiny_model, tokenizer)
+    engine = make(tiny_model, tokenizer)
     out = engine.generate(prompt_ids, greedy(max_new_tokens=16, stop=(stop,)))
     c = out[1][0]
     assert c.finish_reason == "stop"
@@ -172,8 +189,8 @@ def test_stop_cut_on_multi_char_tokens(tokenizer):
     assert _stop_cut(ids, ("zz",), tokenizer) is None
 
 
-def test_seed_reproducible(tiny_model, tokenizer, prompt_ids):
-    engine = TransformersEngine(tiny_model, tokenizer)
+def test_seed_reproducible(tiny_model, tokenizer, prompt_ids, make):
+    engine = make(tiny_model, tokenizer)
     s = SamplingSettings(n=4, temperature=1.0, max_new_tokens=10, seed=123)
     a = engine.generate(prompt_ids, s)
     torch.manual_seed(999)  # the global RNG state in between does not matter
@@ -304,3 +321,41 @@ def test_checkpoint_generation_config_does_not_change_greedy(tiny_model, tokeniz
     engine = TransformersEngine(tiny_model, tokenizer)
     out = engine.generate(prompt_ids, greedy())
     assert [g[0].token_ids for g in out] == [g[0].token_ids for g in plain]
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="static decoding compiles C++: no C++ compiler")
+def test_static_decode_samples_what_the_growing_cache_samples(tiny_model, tokenizer, prompt_ids):
+    """Same seeds, same model (fp32): the two decoding paths draw the same tokens, over several
+    calls that reuse one preallocated cache (a cache not reset would change the second call)."""
+    s = SamplingSettings(n=4, temperature=1.0, max_new_tokens=20, seed=5)
+    growing = TransformersEngine(tiny_model, tokenizer).generate(prompt_ids, s)
+    static = TransformersEngine(tiny_model, tokenizer, static_decode=True)
+    ids = lambda out: [c.token_ids for g in out for c in g]  # noqa: E731
+    first = static.generate(prompt_ids, s)
+    again = static.generate(prompt_ids, s)
+    assert ids(first) == ids(growing)
+    assert ids(again) == ids(growing)
+    assert len({tuple(x) for x in ids(first)}) > len(PROMPTS)  # it sampled
+
+
+@pytest.mark.skipif(not HAS_COMPILER, reason="static decoding compiles C++: no C++ compiler")
+def test_static_decode_compiles_once_per_length_bucket(tiny_model, tokenizer, prompt_ids):
+    """Prompt widths inside one STATIC_LENGTH_BUCKET share a graph: the second and third calls
+    (other prompts, same rows, same bucket) compile nothing."""
+    from torch._dynamo.utils import counters
+
+    from grpo.rollout.transformers_engine import STATIC_LENGTH_BUCKET
+
+    engine = TransformersEngine(tiny_model, tokenizer, static_decode=True)
+    s = greedy(n=2, max_new_tokens=8)
+    short = [ids[:3] for ids in prompt_ids[:2]]
+    longer = [prompt_ids[0][:5], prompt_ids[4][:5]]
+    assert STATIC_LENGTH_BUCKET >= 5 + 8
+    before = counters["stats"]["unique_graphs"]
+    engine.generate(short, s)
+    compiled = counters["stats"]["unique_graphs"]
+    assert compiled > before  # the counter does count this engine's graph
+    engine.generate(longer, s)
+    engine.generate(short, s)
+    assert counters["stats"]["unique_graphs"] == compiled
+    assert len(engine._static_caches) == 1

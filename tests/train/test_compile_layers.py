@@ -9,7 +9,12 @@ import pytest
 import torch
 
 from grpo.train.batch import build_batch
-from grpo.train.compile_layers import compile_decoder_layers, compile_wanted, decoder_layers
+from grpo.train.compile_layers import (
+    compile_decoder_layers,
+    compile_wanted,
+    decoder_layers,
+    static_decode_wanted,
+)
 from grpo.train.logprob_pass import completion_logprobs
 from grpo.train.models import load_policy
 
@@ -33,6 +38,19 @@ def test_compile_wanted():
     assert not compile_wanted("false", **plain)
     with pytest.raises(ValueError, match="train.compile"):
         compile_wanted("sometimes", **plain)
+
+
+def test_static_decode_wanted():
+    plain = dict(device=CPU, distributed=False, deterministic=False)
+    has_compiler = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
+    assert static_decode_wanted("auto", **plain) == has_compiler
+    assert not static_decode_wanted("auto", **(plain | {"distributed": True}))
+    assert not static_decode_wanted("auto", **(plain | {"deterministic": True}))
+    assert not static_decode_wanted("auto", **(plain | {"device": torch.device("cuda", 0)}))
+    assert static_decode_wanted(True, **(plain | {"device": torch.device("cuda", 0)}))
+    assert not static_decode_wanted("false", **plain)
+    with pytest.raises(ValueError, match="rollout.static_decode"):
+        static_decode_wanted("maybe", **plain)
 
 
 def _batch(width: int, rows: int = 3):

@@ -188,6 +188,7 @@ def test_train_two_steps_end_to_end(tiny_model_dir, tmp_path):
             "rollout.stop=['</answer>']",
             # vLLM's CPU kernels have no head_dim 8 (this model's); vLLM is tested on its own
             "rollout.engine=transformers",
+            "rollout.static_decode=false",  # the eager engine: no compile time per test
             "log.progress_bar=false",
             "log.plot=false",
         ],

@@ -55,14 +55,36 @@ def compile_wanted(
     of one token with a KV cache would be one more shape to compile, for little gain). Off on
     GPUs and under FSDP2 until it is measured there. true: always (an error from inductor then
     stops the run); false: never."""
-    value = str(setting).lower()
-    if value not in _CHOICES:
-        raise ValueError(f"train.compile must be one of {', '.join(_CHOICES)}, got {setting!r}")
+    value = _choice("train.compile", setting)
     if value != "auto":
         return value == "true"
+    return _plain_cpu(device, distributed, deterministic) and not engine_runs_policy
+
+
+def static_decode_wanted(
+    setting: str | bool, *, device: torch.device, distributed: bool, deterministic: bool
+) -> bool:
+    """Whether ``rollout.static_decode`` turns the transformers engine's compiled static-cache
+    decoding on: auto is on where ``train.compile``'s auto would be (one CPU process, a C++
+    compiler, not deterministic); measured only on CPUs so far."""
+    value = _choice("rollout.static_decode", setting)
+    if value != "auto":
+        return value == "true"
+    return _plain_cpu(device, distributed, deterministic)
+
+
+def _choice(key: str, setting: str | bool) -> str:
+    value = str(setting).lower()
+    if value not in _CHOICES:
+        raise ValueError(f"{key} must be one of {', '.join(_CHOICES)}, got {setting!r}")
+    return value
+
+
+def _plain_cpu(device: torch.device, distributed: bool, deterministic: bool) -> bool:
+    """One CPU process that may use inductor: its CPU backend writes C++, and train.deterministic
+    asks for eager's exact kernels."""
     has_compiler = any(shutil.which(c) for c in ("g++", "c++", "clang++"))
-    plain_cpu = device.type == "cpu" and not distributed and not deterministic
-    return plain_cpu and not engine_runs_policy and has_compiler
+    return device.type == "cpu" and not distributed and not deterministic and has_compiler
 
 
 def compile_decoder_layers(model: nn.Module) -> int:

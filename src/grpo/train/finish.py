@@ -57,6 +57,8 @@ def finish(
         "seed": cfg.train.seed,
         "world_size": run.world.world_size,
         "engine": type(run.engine).__name__,
+        # which decoding the transformers engine used (rollout.static_decode resolved)
+        "static_decode": bool(getattr(run.engine, "static_decode", False)),
     }
     if before and after:
         summary.update(

@@ -20,12 +20,16 @@ from grpo.core import lr_lambda_warmup_cosine
 from grpo.errors import ModelError
 from grpo.rewards import RewardFunction
 from grpo.rollout.base import RolloutEngine
-from grpo.rollout.factory import make_engine
+from grpo.rollout.factory import make_engine, resolve_engine_kind
 from grpo.train import lora as lora_lib
 from grpo.train import run_dir as run_dir_lib
 from grpo.train.allocator import reuse_freed_memory
 from grpo.train.checkpoint import CheckpointManager, read_manifest
-from grpo.train.compile_layers import compile_decoder_layers, compile_wanted
+from grpo.train.compile_layers import (
+    compile_decoder_layers,
+    compile_wanted,
+    static_decode_wanted,
+)
 from grpo.train.critic import Critic, build_critic, critic_path
 from grpo.train.distributed import SINGLE, World, broadcast_object
 from grpo.train.logprob_pass import PolicyLogprobs
@@ -199,12 +203,23 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
     compute_dtype = autocast_dtype(cfg.model.dtype, device)
     # With several ranks the policy is sharded, so the transformers engine generates from an
     # unsharded inference copy that receives the full weights after every step
-    # (docs/scaling.md); vLLM engines always hold their own copy.
+    # (docs/scaling.md); vLLM engines always hold their own copy. Static decoding also samples
+    # from a copy, in the compute dtype: its compiled step then reads bf16 weights directly
+    # instead of casting the fp32 master weights at every token.
+    static_ok = static_decode_wanted(
+        cfg.rollout.static_decode,
+        device=device,
+        distributed=world.distributed,
+        deterministic=cfg.train.deterministic,
+    )
+    engine_kind = resolve_engine_kind(cfg.rollout.engine, model=model, static_decode=static_ok)
+    static_decode = engine_kind == "transformers" and static_ok
     engine_model = model
-    if world.distributed:
+    if world.distributed or static_decode:
         engine_model = copy.deepcopy(model)
         engine_model.requires_grad_(False)
-
+        if static_decode and compute_dtype is not None:
+            engine_model.to(compute_dtype)
     r = cfg.rollout
     longest_prompt = max(len(p) for p in train_prompt_ids + eval_prompt_ids)
     completion_room = max(r.max_new_tokens, cfg.train.eval_max_new_tokens or 0)
@@ -216,7 +231,8 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         model=engine_model,
         tokenizer=tokenizer,
         model_path=path,
-        autocast_dtype=compute_dtype,
+        # a copy already in the compute dtype needs no autocast
+        autocast_dtype=None if static_decode else compute_dtype,
         max_batch_rows=r.max_batch_rows,
         vllm_memory_fraction=r.vllm_memory_fraction,
         max_model_len=r.max_model_len or longest_prompt + completion_room,
@@ -226,6 +242,7 @@ def setup(cfg: GRPOConfig, world: World = SINGLE) -> Run:
         # a step samples batch_size sequences; a KV cache for more only costs memory
         # (evaluation of more prompts runs in waves)
         vllm_max_num_seqs=min(r.max_batch_rows, cfg.train.batch_size),
+        static_decode=static_ok,
     )
     # adapters go in place: a transformers engine sharing ``model`` samples from them
     lora = add_adapters(cfg, model)
