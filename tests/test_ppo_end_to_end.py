@@ -73,6 +73,33 @@ def test_gae_run_writes_the_critic_metrics(tmp_path):
     assert steps[-1]["critic/values_mean"] != 0.0
 
 
+def test_gae_trains_with_one_completion_per_prompt(tmp_path):
+    """PPO's usual shape: G = 1, the critic is the only baseline (GRPO's group statistics are
+    undefined there and must not be needed)."""
+    out = tmp_path / "run"
+    args = [
+        "algorithm.advantage=gae",
+        "algorithm.group_size=1",
+        "rollout.engine=transformers",
+        "rollout.static_decode=false",  # the eager engine: no compile time per test
+        "train.steps=2",
+        "train.eval_every=0",
+        "train.batch_size=8",
+        "train.micro_batch_size=8",
+        "data.num_eval_prompts=8",
+        "log.progress_bar=false",
+        "log.plot=false",
+        f"train.output_dir={out}",
+    ]
+    assert main(["train", *args]) == 0
+    steps = _steps(out)
+    assert [r["step"] for r in steps] == [1, 2]
+    for r in steps:
+        for key in [*CRITIC_METRICS, "loss", "grad_norm", "reward/mean"]:
+            assert isinstance(r[key], int | float) and math.isfinite(r[key]), (key, r[key])
+    assert steps[-1]["grad_norm"] > 0
+
+
 def test_critic_warm_up_keeps_the_policy_still_while_the_critic_learns(tiny_model_dir, tmp_path):
     """During critic.warmup_steps only the critic is updated: the policy samples from its
     initial weights (no policy loss is logged) while the critic's error on the returns of the

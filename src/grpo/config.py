@@ -482,10 +482,16 @@ def validate(cfg: GRPOConfig) -> None:
         raise ConfigError(
             f"key 'train.micro_batch_tokens': must be auto or a token count >= 0, got {mbt!r}"
         )
-    if a.group_size < 2:
+    # the critic is PPO's baseline, so one completion per prompt is enough there
+    if a.group_size < (1 if a.advantage == "gae" else 2):
         raise ConfigError(
-            "key 'algorithm.group_size': GRPO needs at least 2 completions per prompt to "
-            f"compare them, got {a.group_size}"
+            "key 'algorithm.group_size': "
+            + (
+                f"must be >= 1, got {a.group_size}"
+                if a.advantage == "gae"
+                else "group-relative advantages need at least 2 completions per prompt to "
+                f"compare them, got {a.group_size} (advantage=gae, PPO with a critic, takes 1)"
+            )
         )
     if t.batch_size % a.group_size:
         raise ConfigError(
