@@ -109,7 +109,7 @@ def test_group_size_one_is_rejected_except_with_a_critic():
         load_config(None, ["algorithm.group_size=1", "train.batch_size=4"])
     ppo = ["algorithm.advantage=gae", "train.batch_size=4", "train.micro_batch_size=4"]
     assert load_config(None, [*ppo, "algorithm.group_size=1"]).algorithm.group_size == 1
-    with pytest.raises(ConfigError, match=r"algorithm\.group_size.*>= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"algorithm\.group_size.*at least 1, got 0"):
         load_config(None, [*ppo, "algorithm.group_size=0"])
 
 
