@@ -253,23 +253,16 @@ class TransformersEngine:
         cache = self._static_cache(B, length)
         mask = torch.zeros((B, length), dtype=attention.dtype, device=ids.device)
         mask[:, :width] = attention
+        # the prompt through the same forward as each step, eager: its width changes per call
         slots = torch.arange(width, device=ids.device)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=cache,
-            cache_position=slots,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        logits = self._static_step(ids, mask, positions, cache, slots)
 
         def advance(token: torch.Tensor, position: torch.Tensor, at: int) -> torch.Tensor:
             mask[:, at] = 1
             slot = torch.tensor([at], device=ids.device)
             return self._compiled_step(token, mask, position, cache, slot)
 
-        return out.logits[:, -1], advance
+        return logits, advance
 
     def _static_cache(self, rows: int, length: int) -> object:
         from transformers import StaticCache
@@ -300,6 +293,7 @@ class TransformersEngine:
             past_key_values=cache,
             cache_position=slot,
             use_cache=True,
+            logits_to_keep=1,  # the prompt's pass: no [B, P, V] tensor
         )
         return out.logits[:, -1]
 
