@@ -46,19 +46,25 @@ def _steps(run_dir: Path) -> list[dict]:
     return [r for r in map(json.loads, lines) if "reward/mean" in r]
 
 
+# a short PPO run on the built-in task: the eager engine (no compile time per test), no plots
+PPO_RUN = [
+    "algorithm.advantage=gae",
+    "rollout.engine=transformers",
+    "rollout.static_decode=false",
+    "train.eval_every=0",
+    "data.num_eval_prompts=8",
+    "log.progress_bar=false",
+    "log.plot=false",
+]
+
+
 def test_gae_run_writes_the_critic_metrics(tmp_path):
     out = tmp_path / "run"
     args = [
-        "algorithm.advantage=gae",
-        "rollout.engine=transformers",
-        "rollout.static_decode=false",  # the eager engine: no compile time per test
+        *PPO_RUN,
         "train.steps=3",
-        "train.eval_every=0",
         "train.batch_size=16",
         "train.micro_batch_size=5",  # uneven split on purpose
-        "data.num_eval_prompts=8",
-        "log.progress_bar=false",
-        "log.plot=false",
         f"train.output_dir={out}",
     ]
     assert main(["train", *args]) == 0
@@ -78,17 +84,11 @@ def test_gae_trains_with_one_completion_per_prompt(tmp_path):
     undefined there and must not be needed)."""
     out = tmp_path / "run"
     args = [
-        "algorithm.advantage=gae",
+        *PPO_RUN,
         "algorithm.group_size=1",
-        "rollout.engine=transformers",
-        "rollout.static_decode=false",  # the eager engine: no compile time per test
         "train.steps=2",
-        "train.eval_every=0",
         "train.batch_size=8",
         "train.micro_batch_size=8",
-        "data.num_eval_prompts=8",
-        "log.progress_bar=false",
-        "log.plot=false",
         f"train.output_dir={out}",
     ]
     assert main(["train", *args]) == 0
