@@ -19,6 +19,16 @@ from grpo.data.char_tokenizer import build_char_tokenizer
 torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _grad_mode_is_left_as_found():
+    """Autograd's mode is process-global: a test (or the code under it) that leaves it off
+    makes every later backward fail far from the cause. Fail the test that left it off."""
+    yield
+    leaked = not torch.is_grad_enabled() or torch.is_inference_mode_enabled()
+    torch.set_grad_enabled(True)
+    assert not leaked, "this test left autograd disabled (grad mode off or inference mode on)"
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding a 2-layer Llama (vocab 128, hidden 32) and its tokenizer."""
