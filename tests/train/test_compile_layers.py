@@ -82,8 +82,10 @@ def test_compiled_layers_match_eager_across_lengths(tiny_model_dir):
         lp_c, g_c = _pass(compiled, _batch(width))
         torch.testing.assert_close(lp_c, lp_e, rtol=1e-5, atol=1e-5)
         assert len(g_c) == len(g_e) > 0
+        # fp32 both ways; inductor's fused backward sums in another order, which on an AMD
+        # EPYC moved one gradient by 1.1e-5 of its norm. A wrong graph is off by 1e-2 or more.
         for a, b in zip(g_c, g_e, strict=True):
-            assert (a - b).norm() <= 1e-5 * b.norm() + 1e-7
+            assert (a - b).norm() <= 5e-5 * b.norm() + 1e-7
         with torch.no_grad():  # the reference pass: a graph of its own
             ref_c, _ = completion_logprobs(compiled, _batch(width), autocast_dtype=None)
         torch.testing.assert_close(ref_c, lp_e, rtol=1e-5, atol=1e-5)

@@ -126,6 +126,7 @@ class TransformersEngine:
     @contextlib.contextmanager
     def _inference(self) -> Iterator[None]:
         was_training = self.model.training
+        grad_was_on = torch.is_grad_enabled()
         self.model.eval()
         autocast = (
             torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
@@ -137,6 +138,9 @@ class TransformersEngine:
                 yield
         finally:
             self.model.train(was_training)
+            # inference_mode restores the mode it found; setting it again is a cheap defence
+            # against anything inside (a compiled step's fallback) that switched it off
+            torch.set_grad_enabled(grad_was_on)
 
     def generate(
         self, prompt_token_ids: list[list[int]], settings: SamplingSettings

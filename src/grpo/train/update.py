@@ -127,6 +127,9 @@ def global_normalizer(
     )
 
 
+# Autograd's mode is process-global: these two say they need it, so that a caller (a notebook
+# cell under no_grad, an evaluation hook that left it off) cannot silently make backward fail.
+@torch.enable_grad()
 def update_policy(
     run: Any, micro: list[RolloutBatch], batch: RolloutBatch, beta: float
 ) -> dict[str, float]:
@@ -256,6 +259,7 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return full() if callable(full) else t
 
 
+@torch.enable_grad()
 def update_critic(
     run: Any, micro: list[RolloutBatch], batch: RolloutBatch, *, abortable: bool
 ) -> dict[str, float]:
