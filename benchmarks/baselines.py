@@ -37,6 +37,22 @@ from vs_trl import fmt_table, run_child  # noqa: E402
 
 CONFIG = REPO / "examples" / "multistep.yaml"
 
+
+def _with_overlong_shaping() -> str:
+    """The config's own rewards plus DAPO's soft overlong punishment (64-token limit, the
+    last 16 tokens penalised), as one ``rewards=[...]`` override: a list override replaces
+    the whole list, so the task's rewards must be repeated."""
+    sys.path.insert(0, str(REPO / "src"))
+    from grpo.config import load_config
+
+    rewards = load_config(str(CONFIG), []).rewards  # the file's, else the defaults
+    entries = [f"{{name: {r.name}, weight: {r.weight}}}" for r in rewards]
+    entries.append(
+        "{name: soft_overlong, weight: 1.0, kwargs: {max_completion_length: 64, buffer: 16}}"
+    )
+    return f"rewards=[{', '.join(entries)}]"
+
+
 # The settings each method's paper (or its reference implementation) uses, on top of the
 # task's config (beta 0.04, k3, G=8, mu=1, lr 1e-4).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -59,9 +75,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
             "algorithm.loss_aggregation=dapo",
             "algorithm.dynamic_sampling_rounds=2",
             "algorithm.beta=0.0",
-            "rewards=[{name: accuracy, weight: 1.0}, {name: format, weight: 0.2}, "
-            "{name: soft_overlong, weight: 1.0, kwargs: {max_completion_length: 64, "
-            "buffer: 16}}]",
+            _with_overlong_shaping(),
         ],
     ),
     "rloo": ("RLOO: leave-one-out baseline, no std scaling", ["algorithm.advantage=rloo"]),

@@ -48,7 +48,7 @@ def test_multistep_example_loads_with_its_task_and_shipped_model():
     assert cfg.model.name_or_path == "builtin:tiny-multistep"
     assert cfg.data.task == "multistep"
     assert cfg.rollout.engine == "transformers"
-    assert [r.name for r in cfg.rewards] == ["accuracy", "format"]
+    assert [r.name for r in cfg.rewards] == ["accuracy", "format", "correct_steps"]
     assert cfg.train.batch_size % cfg.algorithm.group_size == 0
     # the model is shipped, with its tokenizer
     path = Path(resolve_model_path(cfg.model.name_or_path))

@@ -118,6 +118,7 @@ def test_registry() -> None:
     from grpo.rewards import CodeExecution, MathEquivalence, RewardModel
     from grpo.rewards.group_rewards import self_consistency
     from grpo.rewards.overlong import soft_overlong_punishment
+    from grpo.rewards.step_rewards import correct_steps
 
     assert {
         "accuracy": accuracy,
@@ -128,4 +129,5 @@ def test_registry() -> None:
         "reward_model": RewardModel,
         "self_consistency": self_consistency,
         "soft_overlong": soft_overlong_punishment,
+        "correct_steps": correct_steps,
     } == BUILTIN_REWARDS

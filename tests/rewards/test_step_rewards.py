@@ -7,6 +7,7 @@ from grpo.core import process_advantages
 from grpo.rewards.step_rewards import (
     arithmetic_step_rewards,
     char_to_token_ends,
+    correct_steps,
     steps_to_token_ends,
     token_char_spans,
 )
@@ -29,6 +30,23 @@ def test_slip_then_locally_correct_steps() -> None:
     assert [r for r, _ in zero] == [0.0, 1.0, 1.0]
     (neg,) = arithmetic_step_rewards([PROMPT], [slip], incorrect_reward=-1.0)
     assert [r for r, _ in neg] == [-1.0, 1.0, 1.0]
+
+
+def test_correct_steps_is_the_share_of_the_problems_steps_done_right() -> None:
+    # PROMPT has three steps. A slip in the first step still leaves two locally right steps;
+    # repeating a step earns it once; steps beyond the problem's three earn nothing more.
+    completions = [
+        GOOD,
+        "<think>23+45=69 69-17=52 52+8=60</think><answer>60</answer>",
+        "<think>23+45=68 23+45=68 68-17=51</think>",
+        "<think>23+45=68 68-17=51 51+8=59 59+1=60 60+1=61</think>",
+        "<think>23+45=68</think><answer>68</answer>",
+        "<answer>59</answer>",
+    ]
+    got = correct_steps([PROMPT] * len(completions), completions)
+    assert got == pytest.approx([1.0, 2 / 3, 1 / 3, 1.0, 1 / 3, 0.0])
+    # not a problem of the arithmetic tasks: nothing to count the steps against
+    assert correct_steps(["What is 2+2?"], ["<think>2+2=4</think>"]) == [0.0]
 
 
 def test_steps_must_follow_the_problem() -> None:

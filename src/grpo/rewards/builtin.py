@@ -21,6 +21,7 @@ from grpo.rewards.math_reward import MathEquivalence
 from grpo.rewards.overlong import soft_overlong_punishment
 from grpo.rewards.reward_model import RewardModel
 from grpo.rewards.sandbox.code_reward import CodeExecution
+from grpo.rewards.step_rewards import correct_steps
 
 __all__ = ["BUILTIN_REWARDS", "accuracy", "format_reward", "reasoning_length"]
 
@@ -164,4 +165,5 @@ BUILTIN_REWARDS: dict[str, Callable[..., Any]] = {
     "reward_model": RewardModel,
     "self_consistency": self_consistency,
     "soft_overlong": soft_overlong_punishment,
+    "correct_steps": correct_steps,
 }

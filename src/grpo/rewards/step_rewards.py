@@ -22,6 +22,7 @@ from grpo.rewards.extract import completion_text
 __all__ = [
     "Decoder",
     "arithmetic_step_rewards",
+    "correct_steps",
     "char_to_token_ends",
     "steps_to_token_ends",
     "token_char_spans",
@@ -114,6 +115,27 @@ def arithmetic_step_rewards(
                 previous = c
             steps.append((1.0 if correct else float(incorrect_reward), match.end()))
         out.append(steps)
+    return out
+
+
+def correct_steps(prompts: list[Any], completions: list[Any], **kwargs: Any) -> list[float]:
+    """An outcome reward with partial credit: the share of the problem's steps that
+    :func:`arithmetic_step_rewards` scores correct (in order, each from the previous result),
+    so a chain with one slip in four steps earns 0.75 where ``accuracy`` gives 0.
+
+    The denominator is the number of steps the problem has (its operators), not the number the
+    completion wrote: extra steps cannot raise the score. Prompts that are not of the
+    arithmetic tasks score 0.0 (there is no step count to divide by).
+    """
+    steps = arithmetic_step_rewards(prompts, completions, **kwargs)
+    out = []
+    for prompt, scored in zip(prompts, steps, strict=True):
+        problem = _problem(prompt)
+        if problem is None:
+            out.append(0.0)
+            continue
+        needed = len(problem[1])
+        out.append(sum(r for r, _ in scored[:needed] if r > 0) / needed)
     return out
 
 
