@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from grpo.rewards.builtin import accuracy, format_reward, reasoning_length
+from grpo.rewards.builtin import BUILTIN_REWARDS, accuracy, format_reward, reasoning_length
 from grpo.rewards.errors import RewardSpecError
 from grpo.rewards.loading import required_columns, resolve_reward, spec_function_name
 
@@ -66,7 +66,9 @@ def test_unknown_builtin_lists_valid_names() -> None:
         resolve_reward("acuracy")
     message = str(err.value)
     assert "unknown built-in reward 'acuracy'" in message
-    assert "accuracy, code, format, math, reasoning_length, reward_model" in message
+    # Every registered name, sorted, so a new built-in cannot go missing from the hint.
+    assert "(" + ", ".join(sorted(BUILTIN_REWARDS)) + ")" in message
+    assert "accuracy, code, correct_steps, format, math" in message
     assert "package.module:function" in message
 
 
