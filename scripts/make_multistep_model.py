@@ -1,27 +1,32 @@
-"""Reproduce the shipped model of the multistep task: a char-level Llama warmed up part way.
+"""Reproduce the shipped model of the multistep task: a char-level Llama with a carry habit.
 
-    .venv/bin/python scripts/make_multistep_model.py --out src/grpo/assets/tiny-multistep
+    .venv/bin/python scripts/make_multistep_model.py --out /tmp/stage1
+    .venv/bin/python scripts/make_multistep_model.py --init /tmp/stage1 --carry-slip 0.6 \
+        --steps 200 --out src/grpo/assets/tiny-multistep
 
-The shipped model came from exactly this command (seed 0, plus ``--eval-every 100``, which
-only prints the curve: evaluation restores the RNG state) in 1371 s of training on the
-project's 2-core machine (one thread, the other core busy with other jobs). Its figures are in
-``warmup_report.json`` beside the weights: held-out greedy accuracy 27.5 %, pass@8 53.5 %,
-format reward 1.0; the curve went 0.0 % (100 steps), 2.0 (200), 2.5 (300), 3.0 (400),
-2.5 (500), 7.5 (600), 8.0 (700), 20.5 (800), 23.5 (900), 27.5 (1000).
+The shipped model came from exactly these two commands (seed 0, plus ``--eval-every 100``,
+which only prints the curve: evaluation restores the RNG state); their figures are in
+``warmup_report.json`` beside the weights.
+
+Stage 1 (1000 steps, 1371 s on one thread of the project's 2-core machine) starts from the
+shipped tiny-arith's weights (``--init``), which already copy numbers out of the prompt and
+write the layout, and learns the task's ``warmup`` split (``grpo.data.multistep``: two-digit
+operands, three or four steps) with every target worked out right: held-out greedy accuracy
+27.5 %, pass@8 53.5 %, its errors spread over copying and carrying.
+
+Stage 2 (200 steps, about 410 s) goes on from stage 1 on the same split, but each target
+drops the carry of a two-digit addition that carries (47+38=75) with probability 0.6
+(``--carry-slip``; :func:`slip_prone` says which steps). The model learns that habit as it
+is in the data: at such a step the carried digit is the less likely one, so greedy decoding
+drops the carry every time (24.5 % held-out greedy accuracy, format reward 1.0) while
+sampling writes it 40 % of the time (pass@8 61.5 %). That is the situation RL is said to
+fix, a right behaviour the model has but does not prefer, in a form one can measure: GRPO
+has to learn from the reward alone to carry.
 
 The model, tokenizer and batching are those of ``scripts/make_tiny_model.py`` (hidden 256,
-4 layers, about 4.2M parameters, bf16 weights), and it starts from the shipped tiny-arith's
-weights (``--init``), which already copy numbers out of the prompt and write the layout:
-from random weights, copying the later two-digit operands is what takes longest (2.5 %
-held-out after 700 steps). The data is the multistep task's ``warmup`` split
-(``grpo.data.multistep``: two-digit operands, three or four steps). Every target shows its
-working, so the model writes the expected layout from the start, but the warm-up stops early
-(``--steps``), while it still copies a wrong operand or slips on a carry in some steps:
-greedy held-out accuracy lands between 20 % and 60 % and sampling eight completions finds a
-right one far more often. That gap is what GRPO has to work with.
-
-The learning rate warms up and then stays constant, so the model after N steps is the same
-as a run with ``--steps N`` stopped there (``--eval-every`` prints the curve that chose N).
+4 layers, about 4.2M parameters, bf16 weights). The learning rate warms up and then stays
+constant, so the model after N steps is the same as a run with ``--steps N`` stopped there
+(``--eval-every`` prints the curve that chose N; ``--checkpoints`` saves each point).
 """
 
 from __future__ import annotations
@@ -47,6 +52,42 @@ from grpo.rewards.builtin import accuracy, format_reward  # noqa: E402
 from grpo.train.evaluate import pass_at_k  # noqa: E402
 
 MAX_NEW_TOKENS = 80
+
+
+def slip_prone(a: int, op: str, b: int) -> bool:
+    """A step where the warm-up data may drop the carry: the addition of two two-digit numbers
+    whose ones digits carry (47+38: 7+8 >= 10). Additions onto a three-digit running total
+    are always written right; with every carrying addition prone, only 22.5 % of the held-out
+    problems would have no such step, too few for a greedy accuracy inside 20-60 %; with
+    two-digit additions only, 36 % have none."""
+    return op == "+" and a < 100 and a % 10 + b % 10 >= 10
+
+
+def slipped_completion(problem, rng: random.Random, slip: float) -> str:
+    """The worked completion with a habit in it: each :func:`slip_prone` addition drops the
+    carry (47+38=75) with probability ``slip``. Later steps start from the result as written, so
+    the working stays consistent and only the slipped steps (and the answer) are wrong."""
+    acc = problem.numbers[0]
+    work = []
+    for op, b in zip(problem.ops, problem.numbers[1:], strict=True):
+        res = acc + b if op == "+" else acc - b
+        if slip_prone(acc, op, b) and rng.random() < slip:
+            res -= 10
+        work.append(f"{acc}{op}{b}={res}")
+        acc = res
+    return f"<think>{' '.join(work)}</think><answer>{acc}</answer>"
+
+
+def encode_slipped(tokenizer, problems, rng: random.Random, slip: float) -> list:
+    """(prompt ids, target ids + EOS) per problem, targets from :func:`slipped_completion`."""
+    out = []
+    for p in problems:
+        prompt_ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
+        target_ids = tokenizer(slipped_completion(p, rng, slip), add_special_tokens=False)[
+            "input_ids"
+        ]
+        out.append((prompt_ids, target_ids + [tokenizer.eos_token_id]))
+    return out
 
 
 @torch.no_grad()
@@ -127,6 +168,12 @@ def main() -> None:
         default=str(ROOT / "src/grpo/assets/tiny-arith"),
         help="weights to start from (same tokenizer); '' for a random initialisation",
     )
+    ap.add_argument(
+        "--carry-slip",
+        type=float,
+        default=0.0,
+        help="probability that a warm-up target drops the carry of a slip_prone addition",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--eval-every", type=int, default=0, help="print the held-out curve")
     ap.add_argument(
@@ -152,7 +199,10 @@ def main() -> None:
     print(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}")
 
     problems = generate_problems("warmup", args.examples, seed=args.seed)
-    data = encode_examples(tokenizer, problems, 1.0, rng)
+    if args.carry_slip > 0:
+        data = encode_slipped(tokenizer, problems, rng, args.carry_slip)
+    else:
+        data = encode_examples(tokenizer, problems, 1.0, rng)
     eval_problems = generate_problems("eval", args.eval_problems, seed=0)
 
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
@@ -185,6 +235,7 @@ def main() -> None:
         "examples": args.examples,
         "lr": args.lr,
         "threads": args.threads,
+        "carry_slip": args.carry_slip,
         "init": Path(args.init).name if args.init else "random",
         "parameters": n_params,
         "train_seconds": round(train_s, 1),
