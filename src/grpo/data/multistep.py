@@ -7,10 +7,11 @@ task's, one step per intermediate result::
     <think>47+38=85 85-25=60 60+19=79</think><answer>79</answer>
 
 Unlike the arithmetic task, where each step adds a single digit, every step here may carry or
-borrow across two digits and the running total reaches three digits, so a small model that
-writes the working out still slips on individual steps, and one slip spoils the answer. The
-shipped model for this task (``builtin:tiny-multistep``) always writes the working out; what
-RL can improve is how often each step is right.
+borrow across two digits and the running total reaches three digits, and one slip spoils
+the answer. The shipped model for this task (``builtin:tiny-multistep``) always writes the
+working out, but its warm-up data dropped the carry of most two-digit additions that carry
+(scripts/make_multistep_model.py): greedy decoding drops it every time, sampling sometimes
+carries, and what RL can improve is how often it does.
 
 Problems are split by a hash of their text into the same three disjoint splits as the
 arithmetic task (warm-up, RL prompts, held-out evaluation); see :func:`split_of`.
