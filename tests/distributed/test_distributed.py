@@ -32,7 +32,10 @@ def _records(run_dir: Path) -> tuple[dict[int, dict], list[dict]]:
 
 def test_update_on_two_ranks_equals_one_process(tiny_model_dir, tmp_path):
     out = tmp_path / "report.json"
-    proc = torchrun(["tests/distributed/_update_worker.py", str(tiny_model_dir), str(out)])
+    proc = torchrun(
+        ["tests/distributed/_update_worker.py", str(tiny_model_dir), str(out)],
+        retry_native_crash=True,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:]
     reports = json.loads(out.read_text())
     assert len(reports) == 5
@@ -86,7 +89,9 @@ def test_two_ranks_sample_and_learn_what_one_process_does(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     p1 = grpo(["train", *SAME_SEED, f"train.output_dir={one}"])
     assert p1.returncode == 0, p1.stdout[-3000:]
-    p2 = torchrun(["-m", "grpo", "train", *SAME_SEED, f"train.output_dir={two}"])
+    p2 = torchrun(
+        ["-m", "grpo", "train", *SAME_SEED, f"train.output_dir={two}"], retry_native_crash=True
+    )
     assert p2.returncode == 0, p2.stdout[-3000:]
     _compare_runs(one, two)
     # rank 0 alone speaks and writes; the final model is whole
@@ -106,7 +111,11 @@ def test_two_ranks_with_vllm_sample_what_one_process_does(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     p1 = grpo(["train", *args, f"train.output_dir={one}"], timeout=600)
     assert p1.returncode == 0, p1.stdout[-3000:]
-    p2 = torchrun(["-m", "grpo", "train", *args, f"train.output_dir={two}"], timeout=600)
+    p2 = torchrun(
+        ["-m", "grpo", "train", *args, f"train.output_dir={two}"],
+        timeout=600,
+        retry_native_crash=True,
+    )
     assert p2.returncode == 0, p2.stdout[-3000:]
     _compare_runs(one, two)
     assert json.loads((two / "summary.json").read_text())["engine"] == "VLLMEngine"
