@@ -38,14 +38,19 @@ from vs_trl import fmt_table, run_child  # noqa: E402
 CONFIG = REPO / "examples" / "multistep.yaml"
 
 
+def _task_config():
+    """examples/multistep.yaml as the trainer reads it (the file's keys over the defaults)."""
+    sys.path.insert(0, str(REPO / "src"))
+    from grpo.config import load_config
+
+    return load_config(str(CONFIG), [])
+
+
 def _with_overlong_shaping() -> str:
     """The config's own rewards plus DAPO's soft overlong punishment (64-token limit, the
     last 16 tokens penalised), as one ``rewards=[...]`` override: a list override replaces
     the whole list, so the task's rewards must be repeated."""
-    sys.path.insert(0, str(REPO / "src"))
-    from grpo.config import load_config
-
-    rewards = load_config(str(CONFIG), []).rewards  # the file's, else the defaults
+    rewards = _task_config().rewards  # the file's, else the defaults
     entries = [f"{{name: {r.name}, weight: {r.weight}}}" for r in rewards]
     entries.append(
         "{name: soft_overlong, weight: 1.0, kwargs: {max_completion_length: 64, buffer: 16}}"
@@ -173,14 +178,6 @@ def _mean_std(xs: list[float], scale: float = 1.0, digits: int = 1) -> str:
     return f"{m:.{digits}f} ± {statistics.stdev(xs) * scale:.{digits}f}"
 
 
-def _config_steps() -> int:
-    """The task config's ``train.steps``, for the table's heading."""
-    sys.path.insert(0, str(REPO / "src"))
-    from grpo.config import load_config
-
-    return load_config(str(CONFIG), []).train.steps
-
-
 def table(results: list[RunResult]) -> str:
     rows = []
     for name in VARIANTS:
@@ -208,7 +205,7 @@ def table(results: list[RunResult]) -> str:
         "held-out before %",
         "after %",
         "gain (points)",
-        f"steps ({_config_steps()} or 9 min)",
+        f"steps ({_task_config().train.steps} or 9 min)",
         "steps to 90% of gain",
         "seconds to 90%",
         "s/step",

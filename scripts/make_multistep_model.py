@@ -44,7 +44,13 @@ from transformers import LlamaForCausalLM
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from make_tiny_model import build_model, encode_examples, next_batch, train_step  # noqa: E402
+from make_tiny_model import (  # noqa: E402
+    build_model,
+    encode_example,
+    encode_examples,
+    next_batch,
+    train_step,
+)
 
 from grpo.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from grpo.data.multistep import generate_problems  # noqa: E402
@@ -76,18 +82,6 @@ def slipped_completion(problem, rng: random.Random, slip: float) -> str:
         work.append(f"{acc}{op}{b}={res}")
         acc = res
     return f"<think>{' '.join(work)}</think><answer>{acc}</answer>"
-
-
-def encode_slipped(tokenizer, problems, rng: random.Random, slip: float) -> list:
-    """(prompt ids, target ids + EOS) per problem, targets from :func:`slipped_completion`."""
-    out = []
-    for p in problems:
-        prompt_ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(slipped_completion(p, rng, slip), add_special_tokens=False)[
-            "input_ids"
-        ]
-        out.append((prompt_ids, target_ids + [tokenizer.eos_token_id]))
-    return out
 
 
 @torch.no_grad()
@@ -200,8 +194,13 @@ def main() -> None:
 
     problems = generate_problems("warmup", args.examples, seed=args.seed)
     if args.carry_slip > 0:
-        data = encode_slipped(tokenizer, problems, rng, args.carry_slip)
+        data = [
+            encode_example(tokenizer, p.prompt, slipped_completion(p, rng, args.carry_slip))
+            for p in problems
+        ]
     else:
+        # not slipped_completion(..., 0.0), which writes the same targets: encode_examples
+        # draws from rng once per problem, and stage 1's shipped weights came from that stream
         data = encode_examples(tokenizer, problems, 1.0, rng)
     eval_problems = generate_problems("eval", args.eval_problems, seed=0)
 

@@ -63,13 +63,18 @@ def build_model(tokenizer: PreTrainedTokenizerFast, seed: int) -> LlamaForCausal
     return LlamaForCausalLM(cfg)
 
 
+def encode_example(tokenizer, prompt: str, target: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, target ids + EOS): one supervised example as ``collate`` takes it."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
+    return prompt_ids, target_ids + [tokenizer.eos_token_id]
+
+
 def encode_examples(tokenizer, problems, worked_frac: float, rng: random.Random):
     out = []
     for p in problems:
         target = p.worked_completion() if rng.random() < worked_frac else p.direct_completion()
-        prompt_ids = tokenizer(p.prompt, add_special_tokens=False)["input_ids"]
-        target_ids = tokenizer(target, add_special_tokens=False)["input_ids"]
-        out.append((prompt_ids, target_ids + [tokenizer.eos_token_id]))
+        out.append(encode_example(tokenizer, p.prompt, target))
     return out
 
 
